@@ -1,0 +1,3 @@
+"""FuncPipe: pipelined, data-parallel training of PyTorch models on serverless functions."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,17 @@
+"""The paper's models (ResNet-101, AmoebaNet-D, BERT-Large) as cut-able layer sequences.
+
+`build(name)` returns an nn.Sequential whose every boundary is a legal pipeline cut: between
+layers flows a Tensor or a tuple of Tensors. `to_sequential` converts other modules.
+"""
+
+from funcpipe.models.losses import classification_loss, masked_lm_loss
+from funcpipe.models.registry import Task, build, list_models, task_for
+
+__all__ = [
+    "Task",
+    "build",
+    "classification_loss",
+    "list_models",
+    "masked_lm_loss",
+    "task_for",
+]

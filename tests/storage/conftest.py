@@ -1,0 +1,56 @@
+"""Backends under the storage contract suite; a new backend is one more entry in BACKENDS."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from funcpipe.storage import (
+    LinkConfig,
+    LocalDirStorage,
+    PrefixedStorage,
+    Storage,
+    ThrottledStorage,
+)
+
+FAST_LINK = LinkConfig(up_mb_s=2000.0, down_mb_s=2000.0, latency_s=0.0005)
+
+
+def _local(tmp_path: Path) -> Iterator[Storage]:
+    yield LocalDirStorage(tmp_path / "store")
+
+
+def _prefixed(tmp_path: Path) -> Iterator[Storage]:
+    inner = LocalDirStorage(tmp_path / "store")
+    inner.put("outside/key", b"must survive")
+    yield PrefixedStorage(inner, "job-1")
+    assert inner.get("outside/key") == b"must survive"
+
+
+def _throttled(tmp_path: Path) -> Iterator[Storage]:
+    yield ThrottledStorage(LocalDirStorage(tmp_path / "store"), FAST_LINK)
+
+
+BACKENDS: dict[str, Callable[[Path], Iterator[Storage]]] = {
+    "local": _local,
+    "prefixed": _prefixed,
+    "throttled": _throttled,
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    """A fresh, empty store of each backend, seen through a unique prefix."""
+    gen = BACKENDS[request.param](tmp_path)
+    backend = next(gen)
+    # Shared servers (redis, s3) outlive a test: give each test its own namespace.
+    view = PrefixedStorage(backend, f"t-{uuid.uuid4().hex[:12]}")
+    try:
+        yield view
+    finally:
+        view.delete_prefix("")
+        backend.close()
+        next(gen, None)

@@ -1,0 +1,360 @@
+"""``funcpipe.train``: run a plan on functions and hand back the trained model.
+
+The client validates everything up front, puts each step's micro-batches into storage, launches one
+function per (stage, replica), watches their reports and their health, and finally gathers each
+stage's parameters into a copy of the model. Whatever happens, the job's functions are stopped and
+its storage keys deleted.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_tensors
+from torch import nn
+from tqdm.auto import tqdm
+
+from funcpipe import codec
+from funcpipe.client.pricing import AWS_LAMBDA, Pricing
+from funcpipe.errors import ConfigError, FunctionFailed, MemoryExceeded, StorageTimeout
+from funcpipe.planning.plan import Plan
+from funcpipe.platforms.base import FunctionSpec, Invocation, Platform, Status
+from funcpipe.runtime import keys
+from funcpipe.runtime.check import check_schedule
+from funcpipe.runtime.schedule import Channel, WorkerId, build_schedule
+from funcpipe.runtime.stage import LossFn, OptimizerFactory
+from funcpipe.runtime.worker import WorkerConfig, run_worker
+from funcpipe.storage import open_storage
+from funcpipe.storage.base import Storage
+from funcpipe.storage.prefixed import PrefixedStorage
+from funcpipe.storage.throttle import LinkConfig
+
+Batch = tuple[Any, Any]
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """One training step as the client saw it."""
+
+    step: int
+    loss: float  # the whole batch's mean loss, before this step's update
+    iteration_s: float  # first function starting the step to last one finishing it
+    cost_usd: float  # what the step would cost on the priced cloud
+    bytes_up: int
+    bytes_down: int
+    requests: int
+
+
+@dataclass
+class TrainResult:
+    model: nn.Sequential
+    history: list[StepStats]
+    plan: Plan
+    job_id: str
+    reports: list[list[dict[str, Any]]] = field(default_factory=list, repr=False)
+
+    @property
+    def total_cost_usd(self) -> float:
+        return sum(s.cost_usd for s in self.history)
+
+    @property
+    def losses(self) -> list[float]:
+        return [s.loss for s in self.history]
+
+
+def train(
+    model: nn.Sequential,
+    loss_fn: LossFn,
+    *,
+    optimizer: OptimizerFactory,
+    batches: Iterable[Batch],
+    plan: Plan,
+    steps: int | None = None,
+    platform: str | Platform = "local",
+    storage: str = "local",
+    link: LinkConfig | None = None,
+    timeout_s: float = 120.0,
+    sync_algorithm: str = "pipelined",
+    pricing: Pricing = AWS_LAMBDA,
+    progress: bool = True,
+    job_id: str | None = None,
+) -> TrainResult:
+    """Train ``model`` with ``plan`` for ``steps`` steps, one global batch from ``batches`` each.
+
+    The update of every step equals one single-process step of ``optimizer`` on the whole batch
+    (micro-batch losses are weighted by their size). ``link`` sets each function's storage
+    bandwidth and latency (default: Lambda-like 70 MB/s each way); ``timeout_s`` bounds every wait.
+    The input model is left untouched; ``result.model`` is a trained copy.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise ConfigError(
+            f"model is a {type(model).__name__}; FuncPipe cuts an nn.Sequential into stages. "
+            "Convert it with funcpipe.models.to_sequential(model, example_input)"
+        )
+    if not isinstance(plan, Plan):
+        raise ConfigError("plan must be a funcpipe.Plan")
+    plan.check_model(len(model))
+    if sync_algorithm not in ("naive", "pipelined"):
+        raise ConfigError(f"sync_algorithm must be 'naive' or 'pipelined', got {sync_algorithm!r}")
+    if timeout_s <= 0:
+        raise ConfigError(f"timeout_s must be positive, got {timeout_s}")
+    steps = _resolve_steps(steps, batches)
+    schedule = build_schedule(plan)
+    check_schedule(schedule)
+    job_id = job_id or uuid.uuid4().hex[:12]
+    link = link or LinkConfig()
+
+    root = open_storage(storage)
+    jobs = PrefixedStorage(root, keys.job_prefix(job_id))
+    own_platform = isinstance(platform, str)
+    plat = _make_platform(platform) if isinstance(platform, str) else platform
+    feeder = _Feeder(iter(batches), plan, jobs, steps)
+    invocations: dict[WorkerId, Invocation] = {}
+    try:
+        # Data for the first two steps is in storage before any function starts.
+        feeder.feed(0)
+        feeder.feed(1)
+        for s, stage in enumerate(plan.stages):
+            for r in range(stage.replicas):
+                cfg = WorkerConfig(
+                    job_id=job_id,
+                    storage_url=storage,
+                    plan_json=plan.to_json(),
+                    stage=s,
+                    replica=r,
+                    steps=steps,
+                    timeout_s=timeout_s,
+                    link=link,
+                    sync_algorithm=sync_algorithm,
+                )
+                layers = model[stage.start : stage.end]
+                spec = FunctionSpec(name=str(cfg.worker), memory_mb=stage.memory_mb)
+                invocations[cfg.worker] = plat.start(
+                    spec, _worker_target(cfg, layers, loss_fn, optimizer)
+                )
+        monitor = _Monitor(plat, invocations, plan, jobs, timeout_s)
+        history: list[StepStats] = []
+        reports: list[list[dict[str, Any]]] = []
+        bar = tqdm(total=steps, desc="training", unit="step", disable=not progress)
+        try:
+            for t in range(steps):
+                step_reports = monitor.wait_all(
+                    [keys.report(t, s, r) for s, r in invocations], f"step {t}"
+                )
+                feeder.feed(t + 2)
+                stats = _step_stats(t, step_reports, plan, pricing)
+                if t == 0:
+                    stats = _add_cost(stats, pricing.invocation_cost(plan))
+                history.append(stats)
+                reports.append(step_reports)
+                bar.set_postfix(
+                    loss=f"{stats.loss:.4f}",
+                    iter=f"{stats.iteration_s:.2f}s",
+                    cost=f"${sum(h.cost_usd for h in history):.5f}",
+                )
+                bar.update(1)
+        finally:
+            bar.close()
+        finals = monitor.wait_all(
+            [keys.final_state(s) for s in range(plan.num_stages)], "final weights", raw=True
+        )
+        for inv in invocations.values():
+            monitor.join(inv)
+        trained = copy.deepcopy(model)
+        for stage, data in zip(plan.stages, finals, strict=True):
+            trained[stage.start : stage.end].load_state_dict(load_tensors(data))
+        return TrainResult(trained, history, plan, job_id, reports)
+    finally:
+        for inv in invocations.values():
+            plat.cancel(inv)
+        if own_platform:
+            plat.close()
+        root.delete_prefix(keys.job_prefix(job_id))
+        root.close()
+
+
+def _resolve_steps(steps: int | None, batches: Iterable[Batch]) -> int:
+    if steps is None:
+        try:
+            steps = len(batches)  # type: ignore[arg-type]
+        except TypeError:
+            raise ConfigError(
+                "steps is not set and batches has no len(); pass steps=N"
+            ) from None
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+    return steps
+
+
+def _make_platform(name: str) -> Platform:
+    if name == "local":
+        from funcpipe.platforms.local import LocalPlatform
+
+        return LocalPlatform()
+    raise ConfigError(f"unknown platform {name!r}; available: 'local'")
+
+
+def _worker_target(
+    cfg: WorkerConfig, layers: nn.Module, loss_fn: LossFn, optimizer: OptimizerFactory
+):  # noqa: ANN202 - a closure handed to the platform
+    def target() -> None:
+        run_worker(cfg, layers, loss_fn, optimizer)
+
+    return target
+
+
+def _batch_size(value: Any, what: str) -> int:
+    items = value if isinstance(value, tuple) else (value,)
+    if not items or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in items):
+        raise ConfigError(
+            f"{what} must be a Tensor (or tuple of Tensors) with the batch as dimension 0"
+        )
+    sizes = {t.shape[0] for t in items}
+    if len(sizes) != 1:
+        raise ConfigError(f"{what} tensors disagree on the batch size: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _split(value: Any, parts: int) -> list[Any]:
+    if isinstance(value, tuple):
+        pieces = [torch.tensor_split(t, parts) for t in value]
+        return [tuple(p[i] for p in pieces) for i in range(parts)]
+    return list(torch.tensor_split(value, parts))
+
+
+class _Feeder:
+    """Puts one step's micro-batches (inputs for stage 0, targets for the last stage) in storage."""
+
+    def __init__(self, it: Iterator[Batch], plan: Plan, jobs: Storage, steps: int) -> None:
+        self.it, self.plan, self.jobs, self.steps = it, plan, jobs, steps
+
+    def feed(self, step: int) -> None:
+        if step >= self.steps:
+            return
+        try:
+            batch = next(self.it)
+        except StopIteration:
+            raise ConfigError(
+                f"batches ran out after {step} steps but steps={self.steps}: "
+                "pass more batches or fewer steps"
+            ) from None
+        if not (isinstance(batch, tuple | list) and len(batch) == 2):
+            raise ConfigError("each item of batches must be an (inputs, targets) pair")
+        inputs, targets = batch
+        n = _batch_size(inputs, f"inputs of batch {step}")
+        if _batch_size(targets, f"targets of batch {step}") != n:
+            raise ConfigError(f"batch {step}: inputs and targets have different batch sizes")
+        self.plan.check_batch(n)
+        m = self.plan.micro_batches
+        last = self.plan.num_stages - 1
+        for b, (x, y) in enumerate(zip(_split(inputs, m), _split(targets, m), strict=True)):
+            size = _batch_size(x, "micro-batch")
+            self.jobs.put(keys.transfer(step, Channel("input", -1, b)), codec.encode(x))
+            self.jobs.put(
+                keys.transfer(step, Channel("target", -1, b)),
+                codec.encode(y, {"weight": repr(size / n), "stage": str(last)}),
+            )
+
+
+class _Monitor:
+    """Waits for keys while watching every function, so a dead one fails the job at once."""
+
+    POLL_S = 0.02
+
+    def __init__(
+        self,
+        platform: Platform,
+        invocations: dict[WorkerId, Invocation],
+        plan: Plan,
+        jobs: Storage,
+        timeout_s: float,
+    ) -> None:
+        self.platform, self.invocations, self.plan = platform, invocations, plan
+        self.jobs, self.timeout_s = jobs, timeout_s
+
+    def check_health(self) -> None:
+        for worker, inv in self.invocations.items():
+            state = self.platform.state(inv)
+            if state.status in (Status.FAILED, Status.CANCELLED):
+                raise self._failure(worker, state)
+
+    def _failure(self, worker: WorkerId, state: Any) -> FunctionFailed:
+        s = worker.stage
+        stage = self.plan.stages[s]
+        where = f"function '{worker}' (stage {s}, replica {worker.replica})"
+        if state.reason == "memory":
+            peak = f", peak {state.peak_memory_mb:.0f} MB" if state.peak_memory_mb else ""
+            during = f" during '{state.activity}'" if state.activity else ""
+            return MemoryExceeded(
+                f"{where} exceeded its memory cap of {stage.memory_mb} MB{peak}{during}: "
+                f"it needs more than {stage.memory_mb} MB; raise stages[{s}].memory_mb, or "
+                "shrink its share (more micro-batches, fewer layers in the stage)\n"
+                f"{state.message or ''}",
+                function=str(worker),
+                reason="memory",
+            )
+        return FunctionFailed(
+            f"{where} failed ({state.reason}): {state.message}",
+            function=str(worker),
+            reason=state.reason,
+        )
+
+    def wait_all(self, wanted: list[str], what: str, *, raw: bool = False) -> list[Any]:
+        """Read every key in ``wanted`` (in order) once it exists; fail fast on a dead function."""
+        found: dict[str, Any] = {}
+        deadline = time.monotonic() + self.timeout_s + 30
+        while len(found) < len(wanted):
+            self.check_health()
+            progressed = False
+            for key in wanted:
+                if key not in found and self.jobs.exists(key):
+                    data = self.jobs.get(key)
+                    found[key] = data if raw else json.loads(data)
+                    progressed = True
+            if progressed:
+                deadline = time.monotonic() + self.timeout_s + 30
+            elif time.monotonic() > deadline:
+                missing = [k for k in wanted if k not in found]
+                raise StorageTimeout(
+                    f"no progress on {what} for {self.timeout_s + 30:.0f} s; still waiting for "
+                    f"{', '.join(missing)}. Raise timeout_s if steps are this slow."
+                )
+            else:
+                time.sleep(self.POLL_S)
+        return [found[k] for k in wanted]
+
+    def join(self, inv: Invocation) -> None:
+        state = self.platform.join(inv, timeout=self.timeout_s)
+        if state.status is not Status.SUCCEEDED:
+            worker = next(w for w, i in self.invocations.items() if i is inv)
+            raise self._failure(worker, state)
+
+
+def _step_stats(t: int, reports: list[dict[str, Any]], plan: Plan, pricing: Pricing) -> StepStats:
+    start = min(r["start"] for r in reports)
+    end = max(r["end"] for r in reports)
+    last = plan.num_stages - 1
+    loss = sum(r["loss"] for r in reports if r["stage"] == last)
+    puts = sum(r["traffic"].get("puts", 0) for r in reports)
+    gets = sum(r["traffic"].get("gets", 0) for r in reports)
+    cost = pricing.compute_cost(plan, end - start) + pricing.request_cost(puts, gets)
+    return StepStats(
+        step=t,
+        loss=loss,
+        iteration_s=end - start,
+        cost_usd=cost,
+        bytes_up=int(sum(r["traffic"].get("bytes_up", 0) for r in reports)),
+        bytes_down=int(sum(r["traffic"].get("bytes_down", 0) for r in reports)),
+        requests=int(puts + gets),
+    )
+
+
+def _add_cost(stats: StepStats, extra: float) -> StepStats:
+    return StepStats(**{**stats.__dict__, "cost_usd": stats.cost_usd + extra})

@@ -1,0 +1,181 @@
+"""A plan says how a model is cut into stages and how each stage is deployed.
+
+A stage is the contiguous layer range ``[start, end)`` of an ``nn.Sequential``, run by ``replicas``
+functions (data parallelism) of ``memory_mb`` each. Plans are validated up front so a bad plan fails
+on the client with a message naming the field, never inside a function half-way through a step.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from funcpipe.errors import ConfigError
+
+# Lambda's memory range; platforms with other limits check their own in Platform.limits.
+MIN_MEMORY_MB = 128
+MAX_MEMORY_MB = 10_240
+
+
+class Stage(BaseModel):
+    """Layers ``[start, end)`` on ``replicas`` functions of ``memory_mb`` MB each."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start: int
+    end: int
+    replicas: int = 1
+    memory_mb: int = 3008
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, "Stage")) from None
+
+    @field_validator("start")
+    @classmethod
+    def _start_non_negative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"must be >= 0 (got {v}); layer indices start at 0")
+        return v
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas_positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1 (got {v}); every stage needs at least one function")
+        return v
+
+    @field_validator("memory_mb")
+    @classmethod
+    def _memory_in_range(cls, v: int) -> int:
+        if not MIN_MEMORY_MB <= v <= MAX_MEMORY_MB:
+            raise ValueError(
+                f"must be between {MIN_MEMORY_MB} and {MAX_MEMORY_MB} MB (got {v}), "
+                "the memory range of a serverless function"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> Stage:
+        if self.end <= self.start:
+            raise ValueError(
+                f"end ({self.end}) must be greater than start ({self.start}): "
+                "a stage holds at least one layer"
+            )
+        return self
+
+    @property
+    def num_layers(self) -> int:
+        return self.end - self.start
+
+
+class Plan(BaseModel):
+    """Stages in pipeline order plus the number of micro-batches each global batch is split into."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stages: tuple[Stage, ...]
+    micro_batches: int = 1
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, "Plan")) from None
+
+    @field_validator("micro_batches")
+    @classmethod
+    def _micro_batches_positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1 (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _contiguous(self) -> Plan:
+        if not self.stages:
+            raise ValueError("stages is empty: give at least one Stage")
+        if self.stages[0].start != 0:
+            raise ValueError(
+                f"stages[0].start is {self.stages[0].start}: the first stage must start at layer 0"
+            )
+        for i in range(1, len(self.stages)):
+            prev, cur = self.stages[i - 1], self.stages[i]
+            if cur.start != prev.end:
+                kind = "gap" if cur.start > prev.end else "overlap"
+                raise ValueError(
+                    f"{kind} between stages[{i - 1}] (ends at {prev.end}) and stages[{i}] "
+                    f"(starts at {cur.start}): set stages[{i}].start = {prev.end}"
+                )
+        for i, stage in enumerate(self.stages):
+            if stage.replicas > self.micro_batches:
+                raise ValueError(
+                    f"stages[{i}].replicas is {stage.replicas} but micro_batches is "
+                    f"{self.micro_batches}: replica r runs micro-batches b with b mod replicas == r, "
+                    f"so some replicas would idle; use replicas <= {self.micro_batches} or raise "
+                    "micro_batches"
+                )
+        return self
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def num_layers(self) -> int:
+        return self.stages[-1].end
+
+    @property
+    def num_functions(self) -> int:
+        return sum(s.replicas for s in self.stages)
+
+    def replica_of(self, stage: int, micro_batch: int) -> int:
+        """Replica of ``stage`` that runs ``micro_batch`` (round robin, as in the paper)."""
+        return micro_batch % self.stages[stage].replicas
+
+    def micro_batches_of(self, stage: int, replica: int) -> list[int]:
+        """Micro-batches handled by one function, ascending."""
+        d = self.stages[stage].replicas
+        return [b for b in range(self.micro_batches) if b % d == replica]
+
+    def check_model(self, num_layers: int) -> None:
+        """Raise ConfigError unless the stages cover exactly ``num_layers`` layers."""
+        if self.num_layers != num_layers:
+            raise ConfigError(
+                f"plan covers layers [0, {self.num_layers}) but the model has {num_layers} layers: "
+                f"set stages[-1].end = {num_layers}"
+            )
+
+    def check_batch(self, batch_size: int) -> None:
+        """Raise ConfigError if a global batch cannot feed every micro-batch."""
+        if batch_size < self.micro_batches:
+            raise ConfigError(
+                f"micro_batches is {self.micro_batches} but a batch has only {batch_size} samples: "
+                f"every micro-batch needs at least one sample; use micro_batches <= {batch_size}"
+            )
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"plan is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError("plan JSON must be an object with 'stages' and 'micro_batches'")
+        return cls(**data)
+
+
+def _explain(exc: ValidationError, what: str) -> str:
+    """Turn pydantic's report into one line per problem, each naming the field."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or what
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{what}.{loc}: {msg}" if err["loc"] else f"{what}: {msg}")
+    return "invalid " + what + ": " + "; ".join(lines)

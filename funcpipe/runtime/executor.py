@@ -1,0 +1,148 @@
+"""Run one function's action list for one training step.
+
+The main thread walks the list (see :mod:`funcpipe.runtime.schedule` for the contract): transfers
+go to a FIFO upload thread or a FIFO download thread, compute runs inline once what it needs has
+arrived. So while micro-batch b is computed, b-1's output is uploading and b+1's input is
+downloading, each on its own link direction.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from funcpipe import codec
+from funcpipe.platforms.base import set_activity
+from funcpipe.runtime import keys
+from funcpipe.runtime.collectives import all_reduce
+from funcpipe.runtime.schedule import Action, Lane, Op, WorkerId, channel
+from funcpipe.runtime.stage import StageRunner
+from funcpipe.storage.base import Storage
+
+
+@dataclass
+class StepTrace:
+    """What one function did in one step: wall-clock spans per action, for monitoring and models."""
+
+    step: int
+    start: float = 0.0
+    end: float = 0.0
+    loss: float = 0.0
+    spans: list[tuple[str, str, float, float]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, action: Action, t0: float, t1: float) -> None:
+        with self._lock:
+            self.spans.append((str(action), action.lane.value, t0, t1))
+
+
+class Executor:
+    """Executes a function's schedule, step after step, against its (throttled) storage."""
+
+    def __init__(
+        self,
+        worker: WorkerId,
+        actions: list[Action],
+        runner: StageRunner,
+        storage: Storage,
+        *,
+        replicas: int,
+        timeout_s: float,
+        sync_algorithm: str = "pipelined",
+    ) -> None:
+        self.worker = worker
+        self.actions = actions
+        self.runner = runner
+        self.storage = storage
+        self.replicas = replicas
+        self.timeout_s = timeout_s
+        self.sync_algorithm = sync_algorithm
+        self._lanes = {
+            Lane.UPLOAD: ThreadPoolExecutor(1, thread_name_prefix="upload"),
+            Lane.DOWNLOAD: ThreadPoolExecutor(1, thread_name_prefix="download"),
+        }
+
+    def close(self) -> None:
+        for pool in self._lanes.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def run_step(self, step: int) -> StepTrace:
+        trace = StepTrace(step, start=time.time())
+        downloads: dict[Action, Future[tuple[Any, dict[str, str]]]] = {}
+        uploads: list[Future[None]] = []
+        produced: dict[Action, Any] = {}  # compute results waiting to be uploaded
+
+        def arrived(op: Op, mb: int | None) -> tuple[Any, dict[str, str]]:
+            fut = downloads.pop(Action(op, self.worker.stage, mb))
+            return fut.result(timeout=self.timeout_s + 30)
+
+        for a in self.actions:
+            if a.lane is Lane.DOWNLOAD:
+                downloads[a] = self._lanes[Lane.DOWNLOAD].submit(self._download, step, a, trace)
+            elif a.lane is Lane.UPLOAD:
+                value = produced.pop(a)
+                uploads.append(self._lanes[Lane.UPLOAD].submit(self._upload, step, a, value, trace))
+            else:
+                self._compute(step, a, arrived, produced, trace)
+        for fut in uploads:
+            fut.result(timeout=self.timeout_s + 30)
+        trace.end = time.time()
+        return trace
+
+    def _compute(self, step, a, arrived, produced, trace) -> None:  # noqa: ANN001 - internal
+        s, b, runner = a.stage, a.micro_batch, self.runner
+        if a.op is Op.FORWARD:
+            value, _ = arrived(Op.LOAD_INPUT if runner.is_first else Op.RECV_ACT, b)
+            set_activity(f"forward mb {b}, step {step}")
+            t0 = time.time()
+            out = runner.forward(b, value)
+            produced[Action(Op.SEND_ACT, s, b)] = out
+        elif a.op is Op.BACKWARD:
+            if runner.is_last:
+                targets, meta = arrived(Op.LOAD_TARGET, b)
+                set_activity(f"backward mb {b}, step {step}")
+                t0 = time.time()
+                grads = runner.backward(b, targets=targets, weight=float(meta["weight"]))
+            else:
+                g, _ = arrived(Op.RECV_GRAD, b)
+                set_activity(f"backward mb {b}, step {step}")
+                t0 = time.time()
+                grads = runner.backward(b, grads=g if isinstance(g, tuple) else (g,))
+            if grads is not None:
+                produced[Action(Op.SEND_GRAD, s, b)] = grads
+        elif a.op is Op.SYNC:
+            set_activity(f"gradient sync, step {step}")
+            t0 = time.time()
+            flat = all_reduce(
+                self.storage,
+                runner.flat_grads(),
+                rank=self.worker.replica,
+                world=self.replicas,
+                key_prefix=keys.sync_prefix(step, s),
+                algorithm=self.sync_algorithm,
+                op="sum",
+                timeout=self.timeout_s,
+            )
+            runner.set_flat_grads(flat)
+        elif a.op is Op.STEP:
+            set_activity(f"optimizer step, step {step}")
+            t0 = time.time()
+            trace.loss = runner.step()
+        else:  # pragma: no cover - the schedule only holds the ops above
+            raise ValueError(f"{self.worker} cannot run {a}")
+        trace.record(a, t0, time.time())
+
+    def _download(self, step: int, a: Action, trace: StepTrace) -> tuple[Any, dict[str, str]]:
+        t0 = time.time()
+        data = self.storage.wait(keys.transfer(step, channel(a)), self.timeout_s, delete=True)
+        value, meta = codec.decode(data)
+        trace.record(a, t0, time.time())
+        return value, meta
+
+    def _upload(self, step: int, a: Action, value: Any, trace: StepTrace) -> None:
+        t0 = time.time()
+        self.storage.put(keys.transfer(step, channel(a)), codec.encode(value))
+        trace.record(a, t0, time.time())

@@ -1,0 +1,33 @@
+"""Every storage key the runtime uses, in one place.
+
+All keys are relative to the job's namespace (``jobs/<job_id>/``, applied by a PrefixedStorage), so
+two jobs sharing a bucket never see each other's objects and one ``delete_prefix`` cleans a job up.
+"""
+
+from __future__ import annotations
+
+from funcpipe.runtime.schedule import Channel
+
+
+def job_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/"
+
+
+def transfer(step: int, ch: Channel) -> str:
+    """Key of a micro-batch's inputs, targets, activation or gradient in one step."""
+    return f"step{step}/{ch.kind}/s{ch.stage}/mb{ch.micro_batch}"
+
+
+def sync_prefix(step: int, stage: int) -> str:
+    """Namespace of one stage's gradient synchronisation in one step."""
+    return f"step{step}/sync/s{stage}/"
+
+
+def report(step: int, stage: int, replica: int) -> str:
+    """A function's report of one step (loss, timings, traffic), read by the client's monitor."""
+    return f"step{step}/report/s{stage}r{replica}"
+
+
+def final_state(stage: int) -> str:
+    """The trained parameters and buffers of one stage, written by its replica 0."""
+    return f"final/s{stage}"

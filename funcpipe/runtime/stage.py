@@ -1,0 +1,137 @@
+"""Forward and backward of one stage on one micro-batch, with no I/O.
+
+Keeping compute free of storage makes it testable on its own and lets the executor decide when
+transfers happen. Values crossing a cut are a Tensor or a tuple of Tensors; gradients travel as a
+tuple with ``None`` where an input has no gradient (integer token ids, masks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from funcpipe.errors import ConfigError
+
+Value = torch.Tensor | tuple[torch.Tensor, ...]
+Grads = tuple[torch.Tensor | None, ...]
+LossFn = Callable[[Any, Any], torch.Tensor]
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
+def as_tuple(value: Value) -> tuple[torch.Tensor, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _check_value(value: object, where: str) -> None:
+    items = value if isinstance(value, tuple) else (value,)
+    if not items or not all(isinstance(t, torch.Tensor) for t in items):
+        raise ConfigError(
+            f"{where} returned a {type(value).__name__}; values crossing a stage boundary must "
+            "be a Tensor or a tuple of Tensors"
+        )
+
+
+class StageRunner:
+    """Holds a stage's layers, its optimizer and the micro-batches in flight (GPipe keeps all)."""
+
+    def __init__(
+        self,
+        layers: nn.Module,
+        *,
+        stage: int,
+        is_first: bool,
+        is_last: bool,
+        loss_fn: LossFn,
+        optimizer: OptimizerFactory,
+    ) -> None:
+        self.layers = layers
+        self.stage = stage
+        self.is_first = is_first
+        self.is_last = is_last
+        self.loss_fn = loss_fn
+        self.params = [p for p in layers.parameters() if p.requires_grad]
+        # torch optimizers reject an empty parameter list; a parameter-free stage has nothing
+        # to update, so it simply has no optimizer.
+        self.optimizer = optimizer(self.params) if self.params else None
+        self._inputs: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._outputs: dict[int, Value] = {}
+        self.loss_sum = 0.0  # sum over my micro-batches of weight * loss, this step
+
+    def forward(self, mb: int, inputs: Value) -> Value:
+        items = tuple(
+            t.requires_grad_(True) if not self.is_first and t.is_floating_point() else t
+            for t in (x.detach() for x in as_tuple(inputs))
+        )
+        self._inputs[mb] = items
+        out = self.layers(items if isinstance(inputs, tuple) else items[0])
+        _check_value(out, f"stage {self.stage}")
+        self._outputs[mb] = out
+        return out
+
+    def backward(
+        self, mb: int, *, grads: Grads | None = None, targets: Any = None, weight: float = 1.0
+    ) -> Grads | None:
+        """Backpropagate one micro-batch; return the gradient of its inputs (None at stage 0).
+
+        At the last stage the loss is scaled by ``weight`` = micro-batch size / batch size, so the
+        gradients summed over micro-batches and replicas equal those of the whole batch's mean loss.
+        """
+        out = self._outputs.pop(mb)
+        inputs = self._inputs.pop(mb)
+        if self.is_last:
+            loss = self.loss_fn(out, targets)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise ConfigError("loss_fn must return a scalar tensor (use mean reduction)")
+            self.loss_sum += weight * float(loss.detach())
+            if loss.requires_grad:
+                (loss * weight).backward()
+        else:
+            assert grads is not None
+            pairs = [
+                (o, g)
+                for o, g in zip(as_tuple(out), grads, strict=True)
+                if g is not None and o.requires_grad
+            ]
+            if pairs:
+                torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+        if self.is_first:
+            return None
+        return tuple(
+            (x.grad if x.grad is not None else torch.zeros_like(x)) if x.requires_grad else None
+            for x in inputs
+        )
+
+    def flat_grads(self) -> torch.Tensor:
+        """All parameter gradients as one vector (zeros where a gradient is missing).
+
+        float32 unless every parameter is float64, so double-precision models stay exact.
+        """
+        if not self.params:
+            return torch.zeros(0)
+        dtype = torch.float64 if all(p.dtype == torch.float64 for p in self.params) else torch.float32
+        return torch.cat(
+            [
+                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+                for p in self.params
+            ]
+        )
+
+    def set_flat_grads(self, flat: torch.Tensor) -> None:
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
+            offset += n
+
+    def step(self) -> float:
+        """Apply the optimizer; return and reset this step's loss share."""
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        loss, self.loss_sum = self.loss_sum, 0.0
+        self._inputs.clear()
+        self._outputs.clear()
+        return loss

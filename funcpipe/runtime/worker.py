@@ -1,0 +1,92 @@
+"""The body of one function: open its storage link, run every step, report, hand back the weights.
+
+Everything a function needs arrives in a :class:`WorkerConfig` (plain, JSON-able data) plus the
+stage's layers, loss function and optimizer factory, so a cloud backend only has to ship those.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from safetensors.torch import save as save_tensors
+from torch import nn
+
+from funcpipe.planning.plan import Plan
+from funcpipe.runtime import keys
+from funcpipe.runtime.executor import Executor
+from funcpipe.runtime.schedule import WorkerId, build_schedule
+from funcpipe.runtime.stage import LossFn, OptimizerFactory, StageRunner
+from funcpipe.storage import open_storage
+from funcpipe.storage.prefixed import PrefixedStorage
+from funcpipe.storage.throttle import LinkConfig, ThrottledStorage
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    job_id: str
+    storage_url: str
+    plan_json: str
+    stage: int
+    replica: int
+    steps: int
+    timeout_s: float
+    link: LinkConfig
+    sync_algorithm: str = "pipelined"
+
+    @property
+    def worker(self) -> WorkerId:
+        return WorkerId(self.stage, self.replica)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def run_worker(
+    cfg: WorkerConfig, layers: nn.Module, loss_fn: LossFn, optimizer: OptimizerFactory
+) -> None:
+    """Train ``layers`` (this function's stage) for ``cfg.steps`` steps."""
+    plan = Plan.from_json(cfg.plan_json)
+    link = ThrottledStorage(open_storage(cfg.storage_url), cfg.link)
+    storage = PrefixedStorage(link, keys.job_prefix(cfg.job_id))
+    s = cfg.stage
+    runner = StageRunner(
+        layers,
+        stage=s,
+        is_first=s == 0,
+        is_last=s == plan.num_stages - 1,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+    )
+    executor = Executor(
+        cfg.worker,
+        build_schedule(plan)[cfg.worker],
+        runner,
+        storage,
+        replicas=plan.stages[s].replicas,
+        timeout_s=cfg.timeout_s,
+        sync_algorithm=cfg.sync_algorithm,
+    )
+    layers.train()
+    try:
+        for step in range(cfg.steps):
+            before = link.stats.snapshot().as_dict()
+            trace = executor.run_step(step)
+            after = link.stats.as_dict()
+            report = {
+                "step": step,
+                "stage": s,
+                "replica": cfg.replica,
+                "start": trace.start,
+                "end": trace.end,
+                "loss": trace.loss,
+                "spans": trace.spans,
+                "traffic": {k: after[k] - before[k] for k in after},
+            }
+            storage.put(keys.report(step, s, cfg.replica), json.dumps(report).encode())
+        if cfg.replica == 0:
+            state = {k: v.detach().clone().contiguous() for k, v in layers.state_dict().items()}
+            storage.put(keys.final_state(s), save_tensors(state))
+    finally:
+        executor.close()
+        storage.close()

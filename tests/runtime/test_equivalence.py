@@ -1,0 +1,131 @@
+"""The sacred test: pipelined, data-parallel training equals plain single-process PyTorch."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from funcpipe import LinkConfig, Plan, Stage, train
+
+FAST_LINK = LinkConfig(up_mb_s=500.0, down_mb_s=500.0, latency_s=0.0)
+
+
+def make_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),  # 0
+        nn.ReLU(),  # 1
+        nn.MaxPool2d(2),  # 2
+        nn.Flatten(),  # 3
+        nn.Linear(4 * 4 * 4, 16),  # 4
+        nn.Tanh(),  # 5
+        nn.Linear(16, 5),  # 6
+    )
+
+
+def make_batches(n_steps: int, batch: int = 10) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(batch, 3, 8, 8, generator=g), torch.randint(0, 5, (batch,), generator=g))
+        for _ in range(n_steps)
+    ]
+
+
+OPTIMIZERS = {
+    "sgd-momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+}
+
+PLANS = {
+    "1x1": Plan(stages=[Stage(start=0, end=7)], micro_batches=2),
+    "2x1": Plan(stages=[Stage(start=0, end=4), Stage(start=4, end=7)], micro_batches=3),
+    "2x2": Plan(
+        stages=[Stage(start=0, end=4, replicas=2), Stage(start=4, end=7, replicas=2)],
+        micro_batches=4,
+    ),
+    "3-stages-1-2-3": Plan(
+        stages=[
+            Stage(start=0, end=2, replicas=1),
+            Stage(start=2, end=5, replicas=2),
+            Stage(start=5, end=7, replicas=3),
+        ],
+        micro_batches=4,
+    ),
+    # Stage 1 holds only ReLU, MaxPool2d and Flatten: no parameters at all.
+    "parameter-free-stage": Plan(
+        stages=[
+            Stage(start=0, end=1),
+            Stage(start=1, end=4, replicas=2),
+            Stage(start=4, end=7),
+        ],
+        micro_batches=3,
+    ),
+}
+
+
+def reference(model, loss_fn, make_opt, batches):
+    model = copy.deepcopy(model)
+    opt = make_opt(list(model.parameters()))
+    losses = []
+    for x, y in batches:
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return model, losses
+
+
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+@pytest.mark.parametrize("plan_name", list(PLANS))
+def test_pipeline_equals_single_process(plan_name: str, opt_name: str) -> None:
+    model, batches = make_model(), make_batches(3)
+    loss_fn = nn.CrossEntropyLoss()
+    result = train(
+        model,
+        loss_fn,
+        optimizer=OPTIMIZERS[opt_name],
+        batches=batches,
+        plan=PLANS[plan_name],
+        steps=3,
+        link=FAST_LINK,
+        progress=False,
+        timeout_s=60,
+    )
+    expected, losses = reference(model, loss_fn, OPTIMIZERS[opt_name], batches)
+    got = dict(result.model.named_parameters())
+    for name, p in expected.named_parameters():
+        torch.testing.assert_close(got[name], p, rtol=0, atol=1e-5, msg=name)
+    assert [h.loss for h in result.history] == pytest.approx(losses, abs=1e-5)
+    # The input model is left as it was.
+    torch.testing.assert_close(model[0].weight, make_model()[0].weight)
+
+
+def test_uneven_micro_batches_are_exact() -> None:
+    """11 samples in 4 micro-batches (3, 3, 3, 2): weights by size keep the update exact."""
+    model, batches = make_model(), make_batches(2, batch=11)
+    plan = Plan(stages=[Stage(start=0, end=4, replicas=2), Stage(start=4, end=7)], micro_batches=4)
+    loss_fn = nn.CrossEntropyLoss()
+    result = train(
+        model, loss_fn, optimizer=OPTIMIZERS["sgd-momentum"], batches=batches, plan=plan,
+        steps=2, link=FAST_LINK, progress=False, timeout_s=60,
+    )
+    expected, _ = reference(model, loss_fn, OPTIMIZERS["sgd-momentum"], batches)
+    for (name, p), q in zip(result.model.named_parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
+
+
+def test_naive_sync_is_exact_too() -> None:
+    model, batches = make_model(), make_batches(2)
+    plan = Plan(stages=[Stage(start=0, end=7, replicas=3)], micro_batches=3)
+    loss_fn = nn.CrossEntropyLoss()
+    result = train(
+        model, loss_fn, optimizer=OPTIMIZERS["adam"], batches=batches, plan=plan, steps=2,
+        link=FAST_LINK, progress=False, sync_algorithm="naive", timeout_s=60,
+    )
+    expected, _ = reference(model, loss_fn, OPTIMIZERS["adam"], batches)
+    for p, q in zip(result.model.parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)

@@ -1,0 +1,774 @@
+"""A serverless platform on one machine: each function is its own OS process with Lambda limits.
+
+Each function is a forked child of the caller (fork, so `target` closures holding modules and
+optimizers need no pickling). The child gets:
+
+* a **memory cap** of `memory_mb`. Preferred: a cgroup v1 memory controller group per function
+  (``<root>/memory/funcpipe/<pid>-<token>/<function>``); the kernel OOM-kills the process when it
+  goes over, like Lambda, and we report reason "memory" with the peak usage. A forked child shares
+  the pages the caller had already loaded (Python, torch); those are not charged to it, so the cap
+  applies to what the function allocates itself. Fallback where cgroups are not writable:
+  ``RLIMIT_AS`` = the child's address-space size at start + `memory_mb`. That caps growth of the
+  *address space*, which is coarser than resident memory (thread stacks and malloc arenas count),
+  and an allocation beyond it raises inside the function instead of killing it.
+* a **CPU share** proportional to memory, like Lambda (about 1 vCPU per 1769 MB): a cgroup v1 CFS
+  quota, or, as fallback, CPU affinity to ceil(share) cores. torch gets floor(share) threads (at
+  least one) so it does not oversubscribe.
+* a **wall-clock limit** (`timeout_s`): an interval timer with the default SIGALRM action ends the
+  child even when it is stuck in C code, and the parent kills it if it is still there shortly after.
+
+The parent starts no threads (it is the caller's process and must stay safe to fork), so timeouts
+and results are observed whenever `state` or `join` is called. Cleanup is layered: `close()`, an
+atexit hook, SIGKILL on parent death (``PR_SET_PDEATHSIG``), and a sweep of cgroup folders left
+by dead callers when a new `LocalPlatform` starts.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import math
+import mmap
+import multiprocessing
+import multiprocessing.connection
+import os
+import re
+import resource
+import secrets
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+
+from funcpipe.errors import ConfigError, FuncPipeError
+from funcpipe.platforms import base
+from funcpipe.platforms.base import (
+    FunctionSpec,
+    Invocation,
+    InvocationState,
+    Platform,
+    PlatformLimits,
+    Status,
+)
+
+__all__ = ["LAMBDA_CPU_PER_GB", "LocalPlatform"]
+
+LAMBDA_CPU_PER_GB = 1024 / 1769  # Lambda gives one vCPU at 1769 MB
+MIN_CPU_SHARE = 0.1
+CFS_PERIOD_US = 100_000
+KILL_GRACE_S = 2.0  # how long past its deadline the parent waits for the child's own SIGALRM
+REAP_TIMEOUT_S = 5.0  # how long to wait for a SIGKILLed process to disappear
+MAX_REPORT_BYTES = 60_000  # below the 64 KiB pipe buffer, so the child never blocks on its report
+_MB = 1024 * 1024
+
+_MEMORY_MODES = ("auto", "cgroup", "rlimit", "none")
+_CPU_MODES = ("auto", "cgroup", "affinity", "none")
+_ALLOC_RE = re.compile(r"tried to allocate (\d+) bytes")
+
+
+# --- small file helpers for cgroup v1 ----------------------------------------------------------
+
+
+def _write(path: str, value: object) -> None:
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _read_int(path: str) -> int | None:
+    text = _read_text(path)
+    try:
+        return int(text.split()[0]) if text else None
+    except ValueError:
+        return None
+
+
+def _oom_kills(cgroup: str) -> int:
+    """OOM kills the kernel did in `cgroup` (memory.oom_control's counter; 0 if unknown)."""
+    text = _read_text(os.path.join(cgroup, "memory.oom_control")) or ""
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill":
+            return int(value)
+    return 0
+
+
+def _cgroup_pids(cgroup: str) -> list[int]:
+    text = _read_text(os.path.join(cgroup, "cgroup.procs")) or ""
+    return [int(p) for p in text.split()]
+
+
+def _controller_writable(root: str, controller: str, probe: str) -> bool:
+    """Whether we can create groups under ``<root>/<controller>/funcpipe`` and set `probe` there."""
+    mount = os.path.join(root, controller)
+    if not os.path.isfile(os.path.join(mount, probe)):
+        return False
+    try:
+        os.makedirs(os.path.join(mount, "funcpipe"), exist_ok=True)
+    except OSError:
+        return False
+    return os.access(os.path.join(mount, "funcpipe", probe), os.W_OK)
+
+
+def _remove_cgroup(path: str, timeout: float = 1.0) -> bool:
+    """Kill what is left in `path` and rmdir it; retries briefly while the kernel lets go."""
+    if not os.path.isdir(path):
+        return True
+    end = time.monotonic() + timeout
+    while True:
+        for sub in os.scandir(path):
+            if sub.is_dir(follow_symlinks=False):
+                _remove_cgroup(sub.path, timeout)
+        for pid in _cgroup_pids(path):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.02)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_stale(controller_dir: str) -> None:
+    """Remove ``funcpipe/<pid>-<token>`` groups whose owning caller process is gone."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(controller_dir):
+            pid_text = entry.name.partition("-")[0]
+            if entry.is_dir() and pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                _remove_cgroup(entry.path, timeout=0.2)
+
+
+# --- activity labels shared through an anonymous shared mapping --------------------------------
+# Layout: uint32 sequence (odd while the child writes), uint16 length, then UTF-8 bytes. The parent
+# can read the last label even after the child was killed mid-write.
+_ACT_SIZE = 512
+_ACT_HEADER = struct.Struct("<IH")
+_ACT_MAX = _ACT_SIZE - 8
+
+
+def _activity_writer(buf: mmap.mmap) -> Callable[[str], None]:
+    seq = [0]
+
+    def write(label: str) -> None:
+        data = str(label).encode("utf-8", "replace")[:_ACT_MAX]
+        seq[0] += 1
+        _ACT_HEADER.pack_into(buf, 0, seq[0], 0)
+        buf[8 : 8 + len(data)] = data
+        seq[0] += 1
+        _ACT_HEADER.pack_into(buf, 0, seq[0], len(data))
+
+    return write
+
+
+def _read_activity(buf: mmap.mmap) -> str | None:
+    for _ in range(100):
+        seq, length = _ACT_HEADER.unpack_from(buf, 0)
+        if seq % 2:
+            continue
+        data = bytes(buf[8 : 8 + length])
+        if _ACT_HEADER.unpack_from(buf, 0)[0] == seq:
+            return data.decode("utf-8", "ignore") if seq else None
+    return None
+
+
+# --- the child side ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ChildSetup:
+    """Everything the child applies to itself before running the target."""
+
+    name: str
+    memory_mb: int
+    timeout_s: float
+    mem_cgroup: str | None
+    cpu_cgroup: str | None
+    rlimit: bool
+    cpu_cores: list[int] | None  # affinity fallback
+    torch_threads: int
+    parent_pid: int
+    kill_with_parent: bool
+
+
+def _status_kb(field_name: str) -> int | None:
+    text = _read_text("/proc/self/status") or ""
+    for line in text.splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def _send_report(fd: int, report: dict) -> None:
+    message = report.get("message") or ""
+    data = json.dumps(report).encode("utf-8")
+    if len(data) > MAX_REPORT_BYTES:  # keep the head and the tail of the traceback
+        keep = MAX_REPORT_BYTES // 2 - 200
+        cut = len(message) - 2 * keep
+        report["message"] = (
+            message[:keep] + f"\n... {cut} characters cut ...\n" + message[-keep:]
+            if cut > 0
+            else message[: MAX_REPORT_BYTES // 4]
+        )
+        data = json.dumps(report).encode("utf-8")[:MAX_REPORT_BYTES]
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _set_parent_death_signal(parent_pid: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _apply_limits(setup: _ChildSetup) -> None:
+    """Enter cgroups first (before any allocation), then the rest of the sandbox."""
+    pid = os.getpid()
+    if setup.mem_cgroup:
+        _write(os.path.join(setup.mem_cgroup, "cgroup.procs"), pid)
+    if setup.cpu_cgroup:
+        _write(os.path.join(setup.cpu_cgroup, "cgroup.procs"), pid)
+    with contextlib.suppress(OSError):
+        os.setpgid(
+            0, 0
+        )  # own process group: kill takes grandchildren too, Ctrl-C stays with caller
+    if setup.kill_with_parent:
+        _set_parent_death_signal(setup.parent_pid)
+    if setup.rlimit:
+        vm_kb = _status_kb("VmSize") or 0
+        cap = vm_kb * 1024 + setup.memory_mb * _MB
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    if setup.cpu_cores:
+        os.sched_setaffinity(0, setup.cpu_cores)
+    threads = str(setup.torch_threads)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = threads
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(setup.torch_threads)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.setitimer(signal.ITIMER_REAL, setup.timeout_s)
+
+
+def _is_memory_error(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "DefaultCPUAllocator" in text
+    )
+
+
+def _child_main(
+    setup: _ChildSetup, target: Callable[[], None], report_fd: int, act: mmap.mmap
+) -> None:
+    """Body of the forked process; never returns (os._exit skips the caller's atexit hooks)."""
+    code = 1
+    try:
+        try:
+            _apply_limits(setup)
+        except BaseException as exc:  # noqa: BLE001 - any failure here must be reported, not raised
+            _send_report(
+                report_fd,
+                {
+                    "kind": "setup",
+                    "message": f"could not set up its sandbox: {exc!r}\n{traceback.format_exc()}",
+                },
+            )
+            return
+        base._install_activity_sink(_activity_writer(act))
+        rss_start = _status_kb("VmRSS") or 0
+        report: dict = {"kind": "ok"}
+        try:
+            target()
+            code = 0
+        except SystemExit as exc:
+            if exc.code in (None, 0):
+                code = 0
+            else:
+                report = {"kind": "error", "message": f"called sys.exit({exc.code!r})"}
+        except BaseException as exc:  # noqa: BLE001 - the whole point is to report everything
+            kind = "memory" if _is_memory_error(exc) else "error"
+            report = {"kind": kind, "message": traceback.format_exc(), "exc": repr(exc)[:2000]}
+            match = _ALLOC_RE.search(str(exc))
+            if match:
+                report["tried_bytes"] = int(match.group(1))
+        hwm = _status_kb("VmHWM")
+        if hwm is not None:
+            report["peak_mb"] = max(0, hwm - rss_start) / 1024
+        _send_report(report_fd, report)
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+# --- the parent side -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """Parent-side bookkeeping of one invocation."""
+
+    inv: Invocation
+    process: BaseProcess
+    report_fd: int | None
+    activity: mmap.mmap | None
+    deadline: float
+    mem_cgroup: str | None
+    cpu_cgroup: str | None
+    report_bytes: bytearray = field(default_factory=bytearray)
+    killed_for: str | None = None  # "timeout" | "cancelled" when we sent the SIGKILL
+    final: InvocationState | None = None
+    last_activity: str | None = None
+
+
+class LocalPlatform(Platform):
+    """Runs each function as a forked OS process with a memory cap, a CPU share and a timeout.
+
+    Args:
+        memory_enforcement: "auto" (cgroup v1 when writable, else rlimit), "cgroup" (fail if not
+            writable), "rlimit" (address-space growth cap), or "none" (no cap; for debugging).
+        cpu_per_gb: cores per GB of function memory; defaults to Lambda's ratio (1 core at
+            1769 MB). The share is clamped to [0.1, host cores]. None = no CPU cap.
+        cpu_enforcement: "auto" (cgroup CFS quota when writable, else affinity), "cgroup",
+            "affinity" (ceil(share) cores) or "none" (only torch's thread count is set).
+        cgroup_root: where the cgroup v1 controllers are mounted.
+        kill_with_parent: SIGKILL functions when the thread that started them exits (Linux
+            PR_SET_PDEATHSIG), so a killed client leaves no processes behind. Turn it off if you
+            start functions from short-lived threads.
+        limits: per-function bounds; Lambda's by default.
+    """
+
+    def __init__(
+        self,
+        *,
+        memory_enforcement: str = "auto",
+        cpu_per_gb: float | None = LAMBDA_CPU_PER_GB,
+        cpu_enforcement: str = "auto",
+        cgroup_root: str = "/sys/fs/cgroup",
+        kill_with_parent: bool = True,
+        limits: PlatformLimits | None = None,
+    ) -> None:
+        if memory_enforcement not in _MEMORY_MODES:
+            raise ConfigError(
+                f"memory_enforcement={memory_enforcement!r} is not one of {_MEMORY_MODES}"
+            )
+        if cpu_enforcement not in _CPU_MODES:
+            raise ConfigError(f"cpu_enforcement={cpu_enforcement!r} is not one of {_CPU_MODES}")
+        if cpu_per_gb is not None and not cpu_per_gb > 0:
+            raise ConfigError(
+                f"cpu_per_gb={cpu_per_gb!r} must be a positive number of cores per GB, "
+                "or None for no CPU cap"
+            )
+        self.limits = limits or PlatformLimits()
+        self.cpu_per_gb = cpu_per_gb
+        self.kill_with_parent = kill_with_parent
+        self._root = cgroup_root
+        self._owner_pid = os.getpid()
+        self._token = f"{self._owner_pid}-{secrets.token_hex(4)}"
+        self._host_cores = sorted(os.sched_getaffinity(0))
+        self._ctx = multiprocessing.get_context("fork")
+        self._runs: dict[int, _Run] = {}
+        self._lock = threading.RLock()  # a lock, not a thread: the caller may poll from threads
+        self._closed = False
+        self._next_core = 0
+
+        self.memory_mode = self._pick_mode(
+            memory_enforcement, "memory", "memory.limit_in_bytes", "rlimit"
+        )
+        self.cpu_mode = (
+            "none"
+            if cpu_per_gb is None
+            else self._pick_mode(cpu_enforcement, "cpu", "cpu.cfs_quota_us", "affinity")
+        )
+        self._group_dirs = {
+            ctrl: os.path.join(cgroup_root, ctrl, "funcpipe", self._token)
+            for ctrl, mode in (("memory", self.memory_mode), ("cpu", self.cpu_mode))
+            if mode == "cgroup"
+        }
+        for ctrl in self._group_dirs:
+            _sweep_stale(os.path.join(cgroup_root, ctrl, "funcpipe"))
+        self._finalizer = weakref.finalize(
+            self, _close_runs, self._runs, self._lock, self._cleanup_info()
+        )
+        atexit.register(self._finalizer)
+
+    def _pick_mode(self, requested: str, controller: str, probe: str, fallback: str) -> str:
+        if requested in ("auto", "cgroup") and _controller_writable(self._root, controller, probe):
+            return "cgroup"
+        if requested == "cgroup":
+            raise ConfigError(
+                f"{controller}_enforcement='cgroup' needs a writable cgroup v1 '{controller}' "
+                f"controller under {self._root}/{controller} (run as root on a cgroup v1 host), "
+                f"or pass {controller}_enforcement='{fallback}'"
+            )
+        return fallback if requested == "auto" else requested
+
+    def _cleanup_info(self) -> tuple[int, list[str]]:
+        return self._owner_pid, list(self._group_dirs.values())
+
+    # --- resources ---------------------------------------------------------------------------
+
+    def cpu_share(self, memory_mb: int) -> float | None:
+        """Cores a function of `memory_mb` gets (None when CPU is not capped)."""
+        if self.cpu_per_gb is None:
+            return None
+        share = memory_mb / 1024 * self.cpu_per_gb
+        return min(max(share, MIN_CPU_SHARE), float(len(self._host_cores)))
+
+    def _make_cgroups(self, spec: FunctionSpec, inv: Invocation) -> tuple[str | None, str | None]:
+        leaf = f"{re.sub(r'[^A-Za-z0-9._-]', '_', spec.name)[:80]}-{inv.id}"
+        mem_cg = cpu_cg = None
+        if "memory" in self._group_dirs:
+            mem_cg = os.path.join(self._group_dirs["memory"], leaf)
+            os.makedirs(mem_cg)
+            limit = spec.memory_mb * _MB
+            _write(os.path.join(mem_cg, "memory.limit_in_bytes"), limit)
+            with contextlib.suppress(OSError):  # only exists with swap accounting
+                _write(os.path.join(mem_cg, "memory.memsw.limit_in_bytes"), limit)
+        if "cpu" in self._group_dirs:
+            cpu_cg = os.path.join(self._group_dirs["cpu"], leaf)
+            os.makedirs(cpu_cg)
+            share = self.cpu_share(spec.memory_mb) or 0.0
+            _write(os.path.join(cpu_cg, "cpu.cfs_period_us"), CFS_PERIOD_US)
+            _write(os.path.join(cpu_cg, "cpu.cfs_quota_us"), int(share * CFS_PERIOD_US))
+        return mem_cg, cpu_cg
+
+    def _affinity_cores(self, share: float | None) -> list[int] | None:
+        if self.cpu_mode != "affinity" or share is None:
+            return None
+        n = min(len(self._host_cores), math.ceil(share))
+        start = self._next_core
+        self._next_core = (start + n) % len(self._host_cores)  # spread functions over cores
+        return [self._host_cores[(start + i) % len(self._host_cores)] for i in range(n)]
+
+    # --- Platform API ------------------------------------------------------------------------
+
+    def start(self, spec: FunctionSpec, target: Callable[[], None]) -> Invocation:
+        if self._closed:
+            raise FuncPipeError("this LocalPlatform is closed; create a new one to start functions")
+        if not callable(target):
+            raise ConfigError(f"function {spec.name!r}: target must be callable, got {target!r}")
+        self.limits.check(spec)
+        inv = Invocation.new(spec)
+        with self._lock:
+            for ctrl, path in self._group_dirs.items():
+                try:
+                    os.makedirs(path, exist_ok=True)
+                except OSError as exc:
+                    raise FuncPipeError(f"cannot create the {ctrl} cgroup {path}: {exc}") from exc
+            mem_cg, cpu_cg = self._make_cgroups(spec, inv)
+            share = self.cpu_share(spec.memory_mb)
+            setup = _ChildSetup(
+                name=spec.name,
+                memory_mb=spec.memory_mb,
+                timeout_s=float(spec.timeout_s),
+                mem_cgroup=mem_cg,
+                cpu_cgroup=cpu_cg,
+                rlimit=self.memory_mode == "rlimit",
+                cpu_cores=self._affinity_cores(share),
+                torch_threads=max(1, math.floor(share)) if share else len(self._host_cores),
+                parent_pid=os.getpid(),
+                kill_with_parent=self.kill_with_parent,
+            )
+            act = mmap.mmap(-1, _ACT_SIZE)
+            read_fd, write_fd = os.pipe()
+            process = self._ctx.Process(
+                target=_child_main, args=(setup, target, write_fd, act), name=spec.name
+            )
+            try:
+                process.start()
+            except BaseException:
+                os.close(read_fd)
+                os.close(write_fd)
+                act.close()
+                for cg in (mem_cg, cpu_cg):
+                    if cg:
+                        _remove_cgroup(cg)
+                raise
+            os.close(write_fd)  # the child holds the only write end: EOF means it is gone
+            os.set_blocking(read_fd, False)
+            with contextlib.suppress(OSError):
+                os.setpgid(process.pid, process.pid)  # also done by the child; whoever is first
+            self._runs[inv.id] = _Run(
+                inv=inv,
+                process=process,
+                report_fd=read_fd,
+                activity=act,
+                deadline=time.monotonic() + spec.timeout_s,
+                mem_cgroup=mem_cg,
+                cpu_cgroup=cpu_cg,
+            )
+        return inv
+
+    def state(self, inv: Invocation) -> InvocationState:
+        with self._lock:
+            run = self._run(inv)
+            if run.final is not None:
+                return run.final
+            self._drain(run)
+            if run.process.exitcode is None:
+                if time.monotonic() > run.deadline + KILL_GRACE_S:
+                    self._kill(run, "timeout")
+                else:
+                    return InvocationState(
+                        Status.RUNNING,
+                        peak_memory_mb=self._peak_mb(run),
+                        activity=self._activity(run),
+                    )
+            return self._finish(run)
+
+    def join(self, inv: Invocation, timeout: float) -> InvocationState:
+        end = time.monotonic() + max(0.0, timeout)
+        while True:
+            st = self.state(inv)
+            now = time.monotonic()
+            if st.done or now >= end:
+                return st
+            with self._lock:
+                run = self._run(inv)
+                waitables: list = [run.process.sentinel]
+                if run.report_fd is not None:
+                    waitables.append(run.report_fd)
+                kill_at = run.deadline + KILL_GRACE_S
+            wait_s = min(end - now, max(kill_at - now, 0.0) + 0.01)
+            ready = multiprocessing.connection.wait(waitables, timeout=wait_s)
+            if run.process.sentinel in ready:
+                time.sleep(0.002)  # the sentinel closes just before the process becomes reapable
+
+    def cancel(self, inv: Invocation) -> None:
+        with self._lock:
+            run = self._run(inv)
+            if run.final is not None:
+                return
+            self._drain(run)
+            if run.process.exitcode is None:
+                self._kill(run, "cancelled")
+            self._finish(run)
+
+    def close(self) -> None:
+        """Kill every function still running and remove all cgroups; safe to call twice."""
+        if os.getpid() != self._owner_pid:
+            return  # a forked function must not tear down its caller's platform
+        self._closed = True
+        self._finalizer()
+        atexit.unregister(self._finalizer)
+
+    def invocations(self) -> list[Invocation]:
+        """All invocations started on this platform, in start order."""
+        with self._lock:
+            return [run.inv for run in self._runs.values()]
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _run(self, inv: Invocation) -> _Run:
+        run = self._runs.get(inv.id)
+        if run is None or run.inv != inv:
+            raise ConfigError(
+                f"invocation {inv.id} of function {inv.spec.name!r} was not started by this "
+                "platform; pass the Invocation returned by this platform's start()"
+            )
+        return run
+
+    def _drain(self, run: _Run) -> None:
+        """Read what the child has written so far, without blocking."""
+        while run.report_fd is not None:
+            try:
+                chunk = os.read(run.report_fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                os.close(run.report_fd)
+                run.report_fd = None
+                return
+            run.report_bytes += chunk
+
+    def _activity(self, run: _Run) -> str | None:
+        if run.activity is not None:
+            run.last_activity = _read_activity(run.activity)
+        return run.last_activity
+
+    def _peak_mb(self, run: _Run) -> float | None:
+        if run.mem_cgroup is None:
+            return None
+        peak = _read_int(os.path.join(run.mem_cgroup, "memory.max_usage_in_bytes"))
+        return None if peak is None else peak / _MB
+
+    def _kill(self, run: _Run, why: str) -> None:
+        run.killed_for = why
+        with contextlib.suppress(OSError):
+            os.killpg(run.process.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            run.process.kill()
+        run.process.join(REAP_TIMEOUT_S)
+
+    def _finish(self, run: _Run) -> InvocationState:
+        """Turn a process that is gone (or was just killed) into its final state, then clean up."""
+        self._drain(run)
+        activity = self._activity(run)
+        peak = self._peak_mb(run)
+        oom = run.mem_cgroup is not None and _oom_kills(run.mem_cgroup) > 0
+        report = _parse_report(run.report_bytes)
+        if report.get("peak_mb") is not None and peak is None:
+            peak = float(report["peak_mb"])
+        run.final = _classify(run, report, activity, peak, oom)
+        _release(run)
+        return run.final
+
+
+def _parse_report(data: bytes) -> dict:
+    if not data:
+        return {}
+    try:
+        report = json.loads(data.decode("utf-8", "replace"))
+    except ValueError:
+        return {"kind": "garbled", "message": data.decode("utf-8", "replace")[-4000:]}
+    return report if isinstance(report, dict) else {}
+
+
+def _during(activity: str | None) -> str:
+    return f" during {activity!r}" if activity else ""
+
+
+def _classify(
+    run: _Run, report: dict, activity: str | None, peak: float | None, oom: bool
+) -> InvocationState:
+    spec = run.inv.spec
+    name = spec.name
+    code = run.process.exitcode
+    kind = report.get("kind")
+
+    def failed(reason: str, message: str) -> InvocationState:
+        return InvocationState(Status.FAILED, reason, message, peak, activity)
+
+    peak_text = f" (peak {peak:.0f} MB)" if peak is not None else ""
+    if run.killed_for == "cancelled":
+        return InvocationState(
+            Status.CANCELLED, "cancelled", f"function {name!r} was cancelled{_during(activity)}",
+            peak, activity,
+        )  # fmt: skip
+    if run.killed_for == "timeout" or code == -signal.SIGALRM:
+        return failed(
+            "timeout",
+            f"function {name!r} ran past its timeout of {spec.timeout_s:g} s{_during(activity)} "
+            "and was killed; give it a longer timeout_s or less work per function",
+        )
+    if kind == "ok" and code == 0:
+        return InvocationState(Status.SUCCEEDED, None, None, peak, activity)
+    if kind == "memory":
+        tried = report.get("tried_bytes")
+        tried_text = f": it tried to allocate {tried} bytes ({tried / _MB:.0f} MB)" if tried else ""
+        return failed(
+            "memory",
+            f"function {name!r} exceeded its memory cap of {spec.memory_mb} MB{peak_text}"
+            f"{_during(activity)}{tried_text}; raise memory_mb or give the stage less work\n"
+            f"{report.get('message', '')}",
+        )
+    if kind in ("error", "setup"):
+        return failed(
+            "error", f"function {name!r} raised{_during(activity)}:\n{report.get('message', '')}"
+        )
+    if code == 0:  # the target ended the process itself with status 0
+        return InvocationState(Status.SUCCEEDED, None, None, peak, activity)
+    if code is not None and code < 0:
+        sig = -code
+        if sig == signal.SIGKILL and oom:
+            return failed(
+                "memory",
+                f"function {name!r} exceeded its memory cap of {spec.memory_mb} MB{peak_text}"
+                f"{_during(activity)} and was killed by the kernel; raise memory_mb or give the "
+                "stage less work",
+            )
+        return failed(
+            "crash",
+            f"function {name!r} was killed by signal {signal.Signals(sig).name} ({sig})"
+            f"{_during(activity)}",
+        )
+    status = "unknown" if code is None else str(code)
+    tail = f":\n{report['message']}" if report.get("message") else ""
+    return failed(
+        "crash",
+        f"function {name!r} exited with status {status}{_during(activity)} "
+        f"without reporting a result{tail}",
+    )
+
+
+def _release(run: _Run) -> None:
+    """Free the pipe, the shared label and the cgroups of a finished invocation."""
+    if run.report_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(run.report_fd)
+        run.report_fd = None
+    if run.activity is not None:
+        run.activity.close()
+        run.activity = None
+    for cg in (run.mem_cgroup, run.cpu_cgroup):
+        if cg:
+            _remove_cgroup(cg)
+    with contextlib.suppress(ValueError):
+        run.process.close()
+
+
+def _close_runs(runs: dict[int, _Run], lock: threading.RLock, info: tuple[int, list[str]]) -> None:
+    """Kill all running functions and remove the platform's cgroups (close/atexit/GC)."""
+    owner_pid, group_dirs = info
+    if os.getpid() != owner_pid:
+        return
+    with lock:
+        for run in runs.values():
+            if run.final is not None:
+                continue
+            run.killed_for = "cancelled"
+            with contextlib.suppress(OSError):
+                os.killpg(run.process.pid, signal.SIGKILL)
+            with contextlib.suppress(OSError, ValueError):
+                run.process.kill()
+        for run in runs.values():
+            if run.final is None:
+                with contextlib.suppress(ValueError):
+                    run.process.join(REAP_TIMEOUT_S)
+                activity = _read_activity(run.activity) if run.activity is not None else None
+                run.final = InvocationState(
+                    Status.CANCELLED,
+                    "cancelled",
+                    f"function {run.inv.spec.name!r} was cancelled because its platform closed",
+                    None,
+                    activity,
+                )
+                _release(run)
+        for path in group_dirs:
+            _remove_cgroup(path)

@@ -1,0 +1,59 @@
+"""Plans are validated up front with errors that name the field and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from funcpipe import Plan, Stage
+from funcpipe.errors import ConfigError
+
+
+def test_valid_plan_helpers() -> None:
+    plan = Plan(
+        stages=[Stage(start=0, end=3, replicas=2, memory_mb=2048),
+                Stage(start=3, end=7, replicas=1, memory_mb=3008)],
+        micro_batches=4,
+    )
+    assert plan.num_layers == 7 and plan.num_functions == 3
+    assert plan.micro_batches_of(0, 1) == [1, 3]
+    assert plan.replica_of(0, 3) == 1
+    assert Plan.from_json(plan.to_json()) == plan
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(stages=[Stage(start=0, end=3), Stage(start=4, end=7)]), r"gap .* stages\[1\].start = 3"),
+        (dict(stages=[Stage(start=0, end=3), Stage(start=2, end=7)]), r"overlap"),
+        (dict(stages=[Stage(start=1, end=3)]), r"first stage must start at layer 0"),
+        (dict(stages=[]), r"stages is empty"),
+        (dict(stages=[Stage(start=0, end=3, replicas=3)], micro_batches=2), r"replicas <= 2"),
+        (dict(stages=[Stage(start=0, end=3)], micro_batches=0), r"micro_batches"),
+    ],
+)
+def test_invalid_plans(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        Plan(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(start=0, end=3, replicas=0), r"replicas: must be >= 1"),
+        (dict(start=3, end=3), r"end \(3\) must be greater than start"),
+        (dict(start=-1, end=3), r"start: must be >= 0"),
+        (dict(start=0, end=3, memory_mb=64), r"memory_mb: must be between 128 and 10240"),
+        (dict(start=0, end=3, memroy_mb=64), r"memroy_mb"),
+    ],
+)
+def test_invalid_stages(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        Stage(**kwargs)
+
+
+def test_model_and_batch_checks() -> None:
+    plan = Plan(stages=[Stage(start=0, end=5)], micro_batches=4)
+    with pytest.raises(ConfigError, match="model has 7 layers: set stages\\[-1\\].end = 7"):
+        plan.check_model(7)
+    with pytest.raises(ConfigError, match="only 3 samples"):
+        plan.check_batch(3)

@@ -20,7 +20,7 @@ def transfer(step: int, ch: Channel) -> str:
 
 def sync_prefix(step: int, stage: int) -> str:
     """Namespace of one stage's gradient synchronisation in one step."""
-    return f"step{step}/sync/s{stage}/"
+    return f"step{step}/sync/s{stage}"
 
 
 def report(step: int, stage: int, replica: int) -> str:

@@ -227,18 +227,23 @@ def _status_kb(field_name: str) -> int | None:
     return None
 
 
+def _cut_middle(text: str, keep: int) -> str:
+    """Keep the head and the tail of `text` (the tail of a traceback names the error)."""
+    if len(text) <= keep:
+        return text
+    half = max(keep // 2, 1)
+    return f"{text[:half]}\n... {len(text) - 2 * half} characters cut ...\n{text[-half:]}"
+
+
 def _send_report(fd: int, report: dict) -> None:
+    """Write the JSON report; it is kept under the pipe buffer so the write never blocks."""
     message = report.get("message") or ""
-    data = json.dumps(report).encode("utf-8")
-    if len(data) > MAX_REPORT_BYTES:  # keep the head and the tail of the traceback
-        keep = MAX_REPORT_BYTES // 2 - 200
-        cut = len(message) - 2 * keep
-        report["message"] = (
-            message[:keep] + f"\n... {cut} characters cut ...\n" + message[-keep:]
-            if cut > 0
-            else message[: MAX_REPORT_BYTES // 4]
-        )
-        data = json.dumps(report).encode("utf-8")[:MAX_REPORT_BYTES]
+    data = json.dumps(report, ensure_ascii=False).encode("utf-8")
+    budget = len(message)
+    while len(data) > MAX_REPORT_BYTES and budget > 0:
+        budget = int(budget * MAX_REPORT_BYTES / len(data) * 0.9)
+        report["message"] = _cut_middle(message, budget)
+        data = json.dumps(report, ensure_ascii=False).encode("utf-8")
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -463,7 +468,7 @@ class LocalPlatform(Platform):
             os.makedirs(cpu_cg)
             share = self.cpu_share(spec.memory_mb) or 0.0
             _write(os.path.join(cpu_cg, "cpu.cfs_period_us"), CFS_PERIOD_US)
-            _write(os.path.join(cpu_cg, "cpu.cfs_quota_us"), int(share * CFS_PERIOD_US))
+            _write(os.path.join(cpu_cg, "cpu.cfs_quota_us"), round(share * CFS_PERIOD_US))
         return mem_cg, cpu_cg
 
     def _affinity_cores(self, share: float | None) -> list[int] | None:

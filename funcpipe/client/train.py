@@ -111,6 +111,7 @@ def train(
     job_id = job_id or uuid.uuid4().hex[:12]
     link = link or LinkConfig()
 
+    _warm_up(optimizer)
     root = open_storage(storage)
     jobs = PrefixedStorage(root, keys.job_prefix(job_id))
     own_platform = isinstance(platform, str)
@@ -191,6 +192,23 @@ def _resolve_steps(steps: int | None, batches: Iterable[Batch]) -> int:
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps must be a positive integer, got {steps!r}")
     return steps
+
+
+def _warm_up(optimizer: OptimizerFactory) -> None:
+    """Build and step the optimizer once on a dummy parameter in the client.
+
+    torch's first optimizer construction imports ~2 s of modules lazily; doing it before the
+    functions are forked means each of them starts with those imports already done.
+    """
+    dummy = nn.Parameter(torch.zeros(1))
+    opt = optimizer([dummy])
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise ConfigError(
+            "optimizer must be a factory returning a torch.optim.Optimizer, e.g. "
+            "optimizer=lambda params: torch.optim.Adam(params, lr=1e-3)"
+        )
+    dummy.grad = torch.zeros(1)
+    opt.step()
 
 
 def _make_platform(name: str) -> Platform:

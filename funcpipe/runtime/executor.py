@@ -65,9 +65,10 @@ class Executor:
             Lane.DOWNLOAD: ThreadPoolExecutor(1, thread_name_prefix="download"),
         }
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the lane threads; ``wait=False`` after a failure, when a lane may be blocked."""
         for pool in self._lanes.values():
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=wait, cancel_futures=True)
 
     def run_step(self, step: int) -> StepTrace:
         trace = StepTrace(step, start=time.time())

@@ -68,6 +68,7 @@ def run_worker(
         sync_algorithm=cfg.sync_algorithm,
     )
     layers.train()
+    ok = False
     try:
         for step in range(cfg.steps):
             before = link.stats.snapshot().as_dict()
@@ -87,6 +88,8 @@ def run_worker(
         if cfg.replica == 0:
             state = {k: v.detach().clone().contiguous() for k, v in layers.state_dict().items()}
             storage.put(keys.final_state(s), save_tensors(state))
+        ok = True
     finally:
-        executor.close()
+        # After a failure a lane may be blocked waiting for a peer: do not wait for it.
+        executor.close(wait=ok)
         storage.close()

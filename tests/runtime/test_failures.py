@@ -1,0 +1,95 @@
+"""A failing function fails the whole job promptly, names itself, and leaves no keys behind."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from funcpipe import LinkConfig, Plan, Stage, train
+from funcpipe.errors import ConfigError, FunctionFailed, MemoryExceeded
+from funcpipe.storage.local_dir import LocalDirStorage
+
+FAST_LINK = LinkConfig(up_mb_s=500.0, down_mb_s=500.0, latency_s=0.0)
+
+
+class Boom(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom in a user layer")
+
+
+class Hog(nn.Module):
+    """Allocates and touches ~800 MB, far more than a 256 MB function has."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = torch.ones(200_000_000)
+        return x + big[:1].sum() * 0
+
+
+def run(model: nn.Sequential, plan: Plan, root, **kw):
+    torch.manual_seed(0)
+    batches = [(torch.randn(8, 4), torch.randn(8, 2)) for _ in range(2)]
+    return train(
+        model, nn.MSELoss(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1), batches=batches,
+        plan=plan, steps=2, storage=f"local://{root}", link=FAST_LINK, progress=False,
+        timeout_s=30, **kw,
+    )
+
+
+def test_function_that_raises_fails_the_job(tmp_path) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), Boom(), nn.Linear(4, 2))
+    plan = Plan(stages=[Stage(start=0, end=1), Stage(start=1, end=3, replicas=2)], micro_batches=2)
+    t0 = time.monotonic()
+    with pytest.raises(FunctionFailed) as err:
+        run(model, plan, tmp_path, job_id="raise-test")
+    assert time.monotonic() - t0 < 20
+    msg = str(err.value)
+    assert "stage1-replica" in msg and "boom in a user layer" in msg and "Traceback" in msg
+    assert err.value.function in ("stage1-replica0", "stage1-replica1")
+    assert LocalDirStorage(tmp_path).list("") == []
+
+
+def test_function_over_its_memory_cap_fails_the_job(tmp_path) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), Hog(), nn.Linear(4, 2))
+    plan = Plan(
+        stages=[Stage(start=0, end=2, memory_mb=1024), Stage(start=2, end=4, memory_mb=256)],
+        micro_batches=2,
+    )
+    t0 = time.monotonic()
+    with pytest.raises(MemoryExceeded) as err:
+        run(model, plan, tmp_path, job_id="oom-test")
+    assert time.monotonic() - t0 < 20
+    msg = str(err.value)
+    assert "stage1-replica0" in msg and "256 MB" in msg and "stages[1].memory_mb" in msg
+    assert "forward mb 0" in msg
+    assert LocalDirStorage(tmp_path).list("") == []
+
+
+def test_successful_job_leaves_no_keys(tmp_path) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    plan = Plan(stages=[Stage(start=0, end=2, replicas=2), Stage(start=2, end=3)], micro_batches=2)
+    result = run(model, plan, tmp_path)
+    assert len(result.history) == 2
+    assert all(h.cost_usd > 0 and h.iteration_s > 0 for h in result.history)
+    assert LocalDirStorage(tmp_path).list("") == []
+
+
+def test_bad_inputs_get_clear_errors(tmp_path) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match="set stages\\[-1\\].end = 2"):
+        run(model, Plan(stages=[Stage(start=0, end=3)]), tmp_path)
+    with pytest.raises(ConfigError, match="to_sequential"):
+        train(nn.Linear(4, 2), nn.MSELoss(), optimizer=torch.optim.SGD, batches=[],
+              plan=Plan(stages=[Stage(start=0, end=1)]), steps=1)
+    with pytest.raises(ConfigError, match="only 8 samples"):
+        run(model, Plan(stages=[Stage(start=0, end=2, replicas=1)], micro_batches=9), tmp_path)
+    with pytest.raises(ConfigError, match="batches ran out after 2 steps"):
+        train(
+            model, nn.MSELoss(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+            batches=[(torch.randn(8, 4), torch.randn(8, 2))] * 2,
+            plan=Plan(stages=[Stage(start=0, end=2)]), steps=3,
+            storage=f"local://{tmp_path}", progress=False,
+        )
+    assert LocalDirStorage(tmp_path).list("") == []

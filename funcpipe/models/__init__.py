@@ -4,6 +4,7 @@
 layers flows a Tensor or a tuple of Tensors. `to_sequential` converts other modules.
 """
 
+from funcpipe.models.fx_split import to_sequential
 from funcpipe.models.losses import classification_loss, masked_lm_loss
 from funcpipe.models.registry import Task, build, list_models, task_for
 
@@ -14,4 +15,5 @@ __all__ = [
     "list_models",
     "masked_lm_loss",
     "task_for",
+    "to_sequential",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import inspect
 import linecache
+import operator
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -76,13 +77,34 @@ def _trace(module: nn.Module, n_inputs: int) -> fx.GraphModule:
             )
         concrete[p.name] = p.default
     try:
-        return fx.symbolic_trace(module, concrete_args=concrete or None)
+        graph_module = fx.symbolic_trace(module, concrete_args=concrete or None)
     except Exception as exc:  # fx raises many types; all mean "not traceable"
         raise ConfigError(
             f"cannot split {type(module).__name__} into a Sequential: torch.fx cannot trace it "
             f"({type(exc).__name__}: {exc}){_where(exc)}. Rewrite that construct without "
             f"data-dependent Python control flow, or build the layer list by hand"
         ) from exc
+    _bake_defaults(graph_module, concrete)
+    return graph_module
+
+
+def _bake_defaults(graph_module: fx.GraphModule, concrete: dict[str, Any]) -> None:
+    """Drop the placeholders fx keeps for defaulted parameters (and their value checks)."""
+    if not concrete:
+        return
+    extra = [n for n in graph_module.graph.nodes if n.op == "placeholder"][-len(concrete) :]
+    for node, value in zip(extra, concrete.values(), strict=True):
+        for user in list(node.users):
+            checks = list(user.users)
+            if user.target is operator.eq and all(c.target is torch._assert for c in checks):
+                for check in checks:
+                    graph_module.graph.erase_node(check)
+                graph_module.graph.erase_node(user)
+            else:
+                user.args = fx.map_arg(user.args, lambda n, v=value, p=node: v if n is p else n)
+                user.kwargs = fx.map_arg(user.kwargs, lambda n, v=value, p=node: v if n is p else n)
+        graph_module.graph.erase_node(node)
+    graph_module.recompile()
 
 
 def _where(exc: BaseException) -> str:

@@ -43,14 +43,14 @@ class LocalDirStorage(Storage):
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         tmp = path.with_name(f"{path.name[:-1]}#{uuid.uuid4().hex}.tmp")
-        for _ in range(5):  # a concurrent delete_prefix may remove the fresh directory
+        for _ in range(50):  # a concurrent delete/prune may remove the directory under us
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(tmp, "wb") as f:
                     f.write(memoryview(data))
                 os.replace(tmp, path)
                 return
-            except FileNotFoundError:
+            except (FileNotFoundError, FileExistsError):
                 continue
             except OSError as exc:
                 tmp.unlink(missing_ok=True)

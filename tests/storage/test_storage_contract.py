@@ -132,3 +132,26 @@ def test_reader_never_sees_partial_object(store: Storage) -> None:
         thread.join()
     assert reads > 0
     assert store.list("") == ["big"]  # no temp object visible
+
+
+def test_concurrent_puts_and_deletes_in_one_folder(store: Storage) -> None:
+    """Deleting the last key of a folder must not break a concurrent put into that folder."""
+    errors: list[BaseException] = []
+
+    def churn(worker: int) -> None:
+        try:
+            for i in range(60):
+                key = f"shared/dir/{worker}-{i}"
+                store.put(key, b"x")
+                assert store.get(key) == b"x"
+                store.delete(key)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert store.list("") == []

@@ -71,6 +71,7 @@ _MB = 1024 * 1024
 
 _MEMORY_MODES = ("auto", "cgroup", "rlimit", "none")
 _CPU_MODES = ("auto", "cgroup", "affinity", "none")
+_M_ARENA_MAX = -8  # glibc mallopt parameter
 _ALLOC_RE = re.compile(r"tried to allocate (\d+) bytes")
 
 
@@ -159,12 +160,21 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _sweep_stale(controller_dir: str) -> None:
-    """Remove ``funcpipe/<pid>-<token>`` groups whose owning caller process is gone."""
+    """Remove empty ``funcpipe/<pid>-<token>`` groups whose owning caller process is gone.
+
+    Functions of a dead caller die with it (PR_SET_PDEATHSIG), leaving empty groups. The sweep
+    never kills: a pid we cannot see may belong to a caller in another pid namespace, and a
+    group that still holds processes refuses rmdir anyway.
+    """
     with contextlib.suppress(OSError):
         for entry in os.scandir(controller_dir):
             pid_text = entry.name.partition("-")[0]
             if entry.is_dir() and pid_text.isdigit() and not _pid_alive(int(pid_text)):
-                _remove_cgroup(entry.path, timeout=0.2)
+                with contextlib.suppress(OSError):
+                    for leaf in os.scandir(entry.path):
+                        if leaf.is_dir(follow_symlinks=False):
+                            os.rmdir(leaf.path)
+                    os.rmdir(entry.path)
 
 
 # --- activity labels shared through an anonymous shared mapping --------------------------------
@@ -271,6 +281,10 @@ def _apply_limits(setup: _ChildSetup) -> None:
     if setup.kill_with_parent:
         _set_parent_death_signal(setup.parent_pid)
     if setup.rlimit:
+        # glibc reserves 64 MB of address space per malloc arena (one per thread by default);
+        # under an address-space cap that would starve a threaded function, so share two.
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
         vm_kb = _status_kb("VmSize") or 0
         cap = vm_kb * 1024 + setup.memory_mb * _MB
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
@@ -285,13 +299,16 @@ def _apply_limits(setup: _ChildSetup) -> None:
     signal.setitimer(signal.ITIMER_REAL, setup.timeout_s)
 
 
-def _is_memory_error(exc: BaseException) -> bool:
+def _is_memory_error(exc: BaseException, rlimit: bool) -> bool:
+    """Whether `exc` means the function ran out of its memory (or, under rlimit, address space)."""
     if isinstance(exc, MemoryError):
         return True
+    if not isinstance(exc, RuntimeError):
+        return False
     text = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        "can't allocate memory" in text or "DefaultCPUAllocator" in text
-    )
+    if "can't allocate memory" in text or "DefaultCPUAllocator" in text:
+        return True
+    return rlimit and ("std::bad_alloc" in text or "can't start new thread" in text)
 
 
 def _child_main(
@@ -323,7 +340,7 @@ def _child_main(
             else:
                 report = {"kind": "error", "message": f"called sys.exit({exc.code!r})"}
         except BaseException as exc:  # noqa: BLE001 - the whole point is to report everything
-            kind = "memory" if _is_memory_error(exc) else "error"
+            kind = "memory" if _is_memory_error(exc, setup.rlimit) else "error"
             report = {"kind": kind, "message": traceback.format_exc(), "exc": repr(exc)[:2000]}
             match = _ALLOC_RE.search(str(exc))
             if match:
@@ -353,6 +370,7 @@ class _Run:
     deadline: float
     mem_cgroup: str | None
     cpu_cgroup: str | None
+    rlimit: bool = False
     report_bytes: bytearray = field(default_factory=bytearray)
     killed_for: str | None = None  # "timeout" | "cancelled" when we sent the SIGKILL
     final: InvocationState | None = None
@@ -535,6 +553,7 @@ class LocalPlatform(Platform):
                 deadline=time.monotonic() + spec.timeout_s,
                 mem_cgroup=mem_cg,
                 cpu_cgroup=cpu_cg,
+                rlimit=setup.rlimit,
             )
         return inv
 
@@ -725,10 +744,16 @@ def _classify(
         )
     status = "unknown" if code is None else str(code)
     tail = f":\n{report['message']}" if report.get("message") else ""
+    hint = (
+        " (its address space is capped by RLIMIT_AS, so a failed allocation or thread start in "
+        "native code may have ended it; raise memory_mb)"
+        if run.rlimit
+        else ""
+    )
     return failed(
         "crash",
         f"function {name!r} exited with status {status}{_during(activity)} "
-        f"without reporting a result{tail}",
+        f"without reporting a result{hint}{tail}",
     )
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -375,3 +376,23 @@ def test_foreign_invocation_is_rejected() -> None:
         with pytest.raises(ConfigError, match="not started by this platform"):
             b.state(inv)
         a.join(inv, 30)
+
+
+def test_threaded_function_fits_under_rlimit() -> None:
+    """Per-thread malloc arenas would eat an address-space cap; the platform limits them."""
+
+    def fn() -> None:
+        def work() -> None:
+            a = np.ones(100_000)
+            b = torch.ones(100, 100)
+            float((b @ b).sum() + a.sum())
+
+        threads = [threading.Thread(target=work) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    with LocalPlatform(memory_enforcement="rlimit") as p:
+        st = _run(p, fn, memory_mb=256)
+    assert st.status is Status.SUCCEEDED, st.message

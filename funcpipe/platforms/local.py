@@ -99,14 +99,21 @@ def _read_int(path: str) -> int | None:
         return None
 
 
-def _oom_kills(cgroup: str) -> int:
-    """OOM kills the kernel did in `cgroup` (memory.oom_control's counter; 0 if unknown)."""
+def _was_oom_killed(cgroup: str) -> bool:
+    """Whether the kernel's OOM killer struck in `cgroup`.
+
+    memory.oom_control counts kills (Linux >= 4.13); older kernels only tell us that the group
+    hit its limit (failcnt) and how close it got (max usage), which together mean the same.
+    """
     text = _read_text(os.path.join(cgroup, "memory.oom_control")) or ""
     for line in text.splitlines():
         key, _, value = line.partition(" ")
         if key == "oom_kill":
-            return int(value)
-    return 0
+            return int(value) > 0
+    failcnt = _read_int(os.path.join(cgroup, "memory.failcnt")) or 0
+    peak = _read_int(os.path.join(cgroup, "memory.max_usage_in_bytes")) or 0
+    limit = _read_int(os.path.join(cgroup, "memory.limit_in_bytes")) or 0
+    return failcnt > 0 and limit > 0 and peak >= 0.95 * limit
 
 
 def _cgroup_pids(cgroup: str) -> list[int]:
@@ -295,6 +302,7 @@ def _apply_limits(setup: _ChildSetup) -> None:
         os.environ[var] = threads
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(setup.torch_threads)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the caller's handler is not the function's
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     signal.setitimer(signal.ITIMER_REAL, setup.timeout_s)
 
@@ -404,6 +412,10 @@ class LocalPlatform(Platform):
         kill_with_parent: bool = True,
         limits: PlatformLimits | None = None,
     ) -> None:
+        if not sys.platform.startswith("linux"):
+            raise ConfigError(
+                f"LocalPlatform needs Linux (fork, rlimits, CPU affinity); this is {sys.platform}"
+            )
         if memory_enforcement not in _MEMORY_MODES:
             raise ConfigError(
                 f"memory_enforcement={memory_enforcement!r} is not one of {_MEMORY_MODES}"
@@ -665,7 +677,7 @@ class LocalPlatform(Platform):
         self._drain(run)
         activity = self._activity(run)
         peak = self._peak_mb(run)
-        oom = run.mem_cgroup is not None and _oom_kills(run.mem_cgroup) > 0
+        oom = run.mem_cgroup is not None and _was_oom_killed(run.mem_cgroup)
         report = _parse_report(run.report_bytes)
         if report.get("peak_mb") is not None and peak is None:
             peak = float(report["peak_mb"])

@@ -10,8 +10,10 @@ from funcpipe.errors import ConfigError
 
 def test_valid_plan_helpers() -> None:
     plan = Plan(
-        stages=[Stage(start=0, end=3, replicas=2, memory_mb=2048),
-                Stage(start=3, end=7, replicas=1, memory_mb=3008)],
+        stages=[
+            Stage(start=0, end=3, replicas=2, memory_mb=2048),
+            Stage(start=3, end=7, replicas=1, memory_mb=3008),
+        ],
         micro_batches=4,
     )
     assert plan.num_layers == 7 and plan.num_functions == 3
@@ -23,7 +25,10 @@ def test_valid_plan_helpers() -> None:
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(stages=[Stage(start=0, end=3), Stage(start=4, end=7)]), r"gap .* stages\[1\].start = 3"),
+        (
+            dict(stages=[Stage(start=0, end=3), Stage(start=4, end=7)]),
+            r"gap .* stages\[1\].start = 3",
+        ),
         (dict(stages=[Stage(start=0, end=3), Stage(start=2, end=7)]), r"overlap"),
         (dict(stages=[Stage(start=1, end=3)]), r"first stage must start at layer 0"),
         (dict(stages=[]), r"stages is empty"),
@@ -57,3 +62,14 @@ def test_model_and_batch_checks() -> None:
         plan.check_model(7)
     with pytest.raises(ConfigError, match="only 3 samples"):
         plan.check_batch(3)
+
+
+def test_even_plan() -> None:
+    plan = Plan.even(12, stages=2, replicas=2, memory_mb=2048, micro_batches=4)
+    assert [(s.start, s.end, s.replicas, s.memory_mb) for s in plan.stages] == [
+        (0, 6, 2, 2048),
+        (6, 12, 2, 2048),
+    ]
+    assert [(s.start, s.end) for s in Plan.even(7, stages=3).stages] == [(0, 2), (2, 5), (5, 7)]
+    with pytest.raises(ConfigError, match="use 1 <= stages <= 3"):
+        Plan.even(3, stages=4)

@@ -186,9 +186,7 @@ def _resolve_steps(steps: int | None, batches: Iterable[Batch]) -> int:
         try:
             steps = len(batches)  # type: ignore[arg-type]
         except TypeError:
-            raise ConfigError(
-                "steps is not set and batches has no len(); pass steps=N"
-            ) from None
+            raise ConfigError("steps is not set and batches has no len(); pass steps=N") from None
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps must be a positive integer, got {steps!r}")
     return steps

@@ -114,7 +114,8 @@ class Plan(BaseModel):
             if stage.replicas > self.micro_batches:
                 raise ValueError(
                     f"stages[{i}].replicas is {stage.replicas} but micro_batches is "
-                    f"{self.micro_batches}: replica r runs micro-batches b with b mod replicas == r, "
+                    f"{self.micro_batches}: replica r runs the micro-batches b with "
+                    "b mod replicas == r, "
                     f"so some replicas would idle; use replicas <= {self.micro_batches} or raise "
                     "micro_batches"
                 )
@@ -156,6 +157,31 @@ class Plan(BaseModel):
                 f"micro_batches is {self.micro_batches} but a batch has only {batch_size} samples: "
                 f"every micro-batch needs at least one sample; use micro_batches <= {batch_size}"
             )
+
+    @classmethod
+    def even(
+        cls,
+        num_layers: int,
+        *,
+        stages: int,
+        replicas: int = 1,
+        memory_mb: int = 3008,
+        micro_batches: int = 1,
+    ) -> Plan:
+        """Cut ``num_layers`` layers into ``stages`` stages of (nearly) equal layer counts."""
+        if not 1 <= stages <= num_layers:
+            raise ConfigError(
+                f"stages is {stages} but the model has {num_layers} layers: "
+                f"use 1 <= stages <= {num_layers}"
+            )
+        bounds = [round(i * num_layers / stages) for i in range(stages + 1)]
+        return cls(
+            stages=[
+                Stage(start=a, end=b, replicas=replicas, memory_mb=memory_mb)
+                for a, b in zip(bounds, bounds[1:], strict=False)
+            ],
+            micro_batches=micro_batches,
+        )
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

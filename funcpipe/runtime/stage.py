@@ -111,7 +111,9 @@ class StageRunner:
         """
         if not self.params:
             return torch.zeros(0)
-        dtype = torch.float64 if all(p.dtype == torch.float64 for p in self.params) else torch.float32
+        dtype = (
+            torch.float64 if all(p.dtype == torch.float64 for p in self.params) else torch.float32
+        )
         return torch.cat(
             [
                 (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)

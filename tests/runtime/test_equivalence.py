@@ -110,8 +110,15 @@ def test_uneven_micro_batches_are_exact() -> None:
     plan = Plan(stages=[Stage(start=0, end=4, replicas=2), Stage(start=4, end=7)], micro_batches=4)
     loss_fn = nn.CrossEntropyLoss()
     result = train(
-        model, loss_fn, optimizer=OPTIMIZERS["sgd-momentum"], batches=batches, plan=plan,
-        steps=2, link=FAST_LINK, progress=False, timeout_s=60,
+        model,
+        loss_fn,
+        optimizer=OPTIMIZERS["sgd-momentum"],
+        batches=batches,
+        plan=plan,
+        steps=2,
+        link=FAST_LINK,
+        progress=False,
+        timeout_s=60,
     )
     expected, _ = reference(model, loss_fn, OPTIMIZERS["sgd-momentum"], batches)
     for (name, p), q in zip(result.model.named_parameters(), expected.parameters(), strict=True):
@@ -123,8 +130,16 @@ def test_naive_sync_is_exact_too() -> None:
     plan = Plan(stages=[Stage(start=0, end=7, replicas=3)], micro_batches=3)
     loss_fn = nn.CrossEntropyLoss()
     result = train(
-        model, loss_fn, optimizer=OPTIMIZERS["adam"], batches=batches, plan=plan, steps=2,
-        link=FAST_LINK, progress=False, sync_algorithm="naive", timeout_s=60,
+        model,
+        loss_fn,
+        optimizer=OPTIMIZERS["adam"],
+        batches=batches,
+        plan=plan,
+        steps=2,
+        link=FAST_LINK,
+        progress=False,
+        sync_algorithm="naive",
+        timeout_s=60,
     )
     expected, _ = reference(model, loss_fn, OPTIMIZERS["adam"], batches)
     for p, q in zip(result.model.parameters(), expected.parameters(), strict=True):

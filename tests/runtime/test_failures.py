@@ -32,9 +32,17 @@ def run(model: nn.Sequential, plan: Plan, root, **kw):
     torch.manual_seed(0)
     batches = [(torch.randn(8, 4), torch.randn(8, 2)) for _ in range(2)]
     return train(
-        model, nn.MSELoss(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1), batches=batches,
-        plan=plan, steps=2, storage=f"local://{root}", link=FAST_LINK, progress=False,
-        timeout_s=30, **kw,
+        model,
+        nn.MSELoss(),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+        batches=batches,
+        plan=plan,
+        steps=2,
+        storage=f"local://{root}",
+        link=FAST_LINK,
+        progress=False,
+        timeout_s=30,
+        **kw,
     )
 
 
@@ -81,15 +89,25 @@ def test_bad_inputs_get_clear_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match="set stages\\[-1\\].end = 2"):
         run(model, Plan(stages=[Stage(start=0, end=3)]), tmp_path)
     with pytest.raises(ConfigError, match="to_sequential"):
-        train(nn.Linear(4, 2), nn.MSELoss(), optimizer=torch.optim.SGD, batches=[],
-              plan=Plan(stages=[Stage(start=0, end=1)]), steps=1)
+        train(
+            nn.Linear(4, 2),
+            nn.MSELoss(),
+            optimizer=torch.optim.SGD,
+            batches=[],
+            plan=Plan(stages=[Stage(start=0, end=1)]),
+            steps=1,
+        )
     with pytest.raises(ConfigError, match="only 8 samples"):
         run(model, Plan(stages=[Stage(start=0, end=2, replicas=1)], micro_batches=9), tmp_path)
     with pytest.raises(ConfigError, match="batches ran out after 2 steps"):
         train(
-            model, nn.MSELoss(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+            model,
+            nn.MSELoss(),
+            optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
             batches=[(torch.randn(8, 4), torch.randn(8, 2))] * 2,
-            plan=Plan(stages=[Stage(start=0, end=2)]), steps=3,
-            storage=f"local://{tmp_path}", progress=False,
+            plan=Plan(stages=[Stage(start=0, end=2)]),
+            steps=3,
+            storage=f"local://{tmp_path}",
+            progress=False,
         )
     assert LocalDirStorage(tmp_path).list("") == []

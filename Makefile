@@ -1,0 +1,22 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up .venv, then train a small CNN on 2 stages x 2 replicas of local functions
+#   make test   set up .venv, then lint and run the test suite
+VENV ?= .venv
+export VENV
+
+.PHONY: setup demo test bench clean
+setup: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/funcpipe train $(ARGS)
+
+test: setup
+	bash scripts/test.sh $(ARGS)
+
+bench: setup
+	$(VENV)/bin/python bench/collectives.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,204 @@
+"""``funcpipe`` command line: train on emulated functions, inspect schedules, list models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import torch
+
+from funcpipe.client.demo import DEMO_MODEL, make_job, model_names
+from funcpipe.client.pricing import AWS_LAMBDA
+from funcpipe.client.train import train
+from funcpipe.errors import FuncPipeError
+from funcpipe.planning.plan import Plan
+from funcpipe.runtime.check import check_schedule
+from funcpipe.runtime.schedule import build_schedule, format_schedule
+from funcpipe.storage.throttle import LinkConfig
+
+OPTIMIZERS = {
+    "sgd": lambda lr: lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9),
+    "adam": lambda lr: lambda params: torch.optim.Adam(params, lr=lr),
+}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """FuncPipe: pipelined, data-parallel training on serverless functions."""
+
+
+def _plan(plan_file: Path | None, num_layers: int, stages: int, replicas: int, memory_mb: int,
+          micro_batches: int) -> Plan:  # fmt: skip
+    if plan_file is not None:
+        return Plan.from_json(plan_file.read_text())
+    return Plan.even(
+        num_layers, stages=stages, replicas=replicas, memory_mb=memory_mb,
+        micro_batches=micro_batches,
+    )  # fmt: skip
+
+
+@cli.command("train")
+@click.option(
+    "--model",
+    "model_name",
+    default=DEMO_MODEL,
+    show_default=True,
+    help=f"model to train: {DEMO_MODEL} or a zoo model (see `funcpipe models`)",
+)
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--micro-batches", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--stages",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="pipeline stages (layers split evenly); ignored with --plan",
+)
+@click.option(
+    "--replicas",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="functions per stage (data parallelism); ignored with --plan",
+)
+@click.option(
+    "--memory-mb",
+    default=2048,
+    show_default=True,
+    type=int,
+    help="memory of each function; ignored with --plan",
+)
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='JSON plan: {"stages": [{"start":0,"end":6,"replicas":2,...}], ...}',
+)
+@click.option(
+    "--optimizer", type=click.Choice(sorted(OPTIMIZERS)), default="sgd", show_default=True
+)
+@click.option("--lr", default=0.002, show_default=True, type=float)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="folder with the real CIFAR-10 binaries / Wikitext-2 raw files; "
+    "default: synthetic files in the same formats",
+)
+@click.option(
+    "--storage", default="local", show_default=True, help="storage URL: local, local:///path, ..."
+)
+@click.option(
+    "--bandwidth",
+    default=70.0,
+    show_default=True,
+    type=float,
+    help="each function's upload and download bandwidth, MB/s",
+)
+@click.option(
+    "--latency-ms", default=10.0, show_default=True, type=float, help="per-request storage latency"
+)
+@click.option("--no-throttle", is_flag=True, help="do not emulate function bandwidth")
+@click.option(
+    "--sync",
+    type=click.Choice(["pipelined", "naive"]),
+    default="pipelined",
+    show_default=True,
+    help="gradient synchronisation among a stage's replicas",
+)
+@click.option(
+    "--timeout",
+    default=120.0,
+    show_default=True,
+    type=float,
+    help="seconds any wait may take before the job fails",
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--json-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write the per-step history as JSON here",
+)
+def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int, stages: int,
+              replicas: int, memory_mb: int, plan_file: Path | None, optimizer: str, lr: float,
+              data_dir: str | None, storage: str, bandwidth: float, latency_ms: float,
+              no_throttle: bool, sync: str, timeout: float, seed: int,
+              json_out: Path | None) -> None:  # fmt: skip
+    """Train a model on local emulated functions (default: a small CNN on CIFAR-10 data)."""
+    job = make_job(model_name, batch_size=batch_size, data_dir=data_dir, seed=seed)
+    plan = _plan(plan_file, len(job.model), stages, replicas, memory_mb, micro_batches)
+    link = LinkConfig(up_mb_s=bandwidth, down_mb_s=bandwidth, latency_s=latency_ms / 1000,
+                      enabled=not no_throttle)  # fmt: skip
+    params = sum(p.numel() for p in job.model.parameters())
+    click.echo(f"model     {model_name}: {len(job.model)} layers, {params / 1e6:.2f} M parameters")
+    click.echo(f"data      {job.data_note}")
+    for i, s in enumerate(plan.stages):
+        click.echo(f"stage {i}   layers [{s.start}, {s.end}) on {s.replicas} function(s) of "
+                   f"{s.memory_mb} MB")  # fmt: skip
+    links = "unthrottled" if no_throttle else f"{bandwidth:g} MB/s each way"
+    click.echo(f"pipeline  {plan.micro_batches} micro-batches of a {batch_size}-sample batch; "
+               f"links {links}")  # fmt: skip
+    result = train(job.model, job.loss_fn, optimizer=OPTIMIZERS[optimizer](lr),
+                   batches=job.batches, plan=plan, steps=steps, storage=storage, link=link,
+                   timeout_s=timeout, sync_algorithm=sync)  # fmt: skip
+    click.echo(f"{'step':>5} {'loss':>9} {'iter s':>8} {'cost $':>10}")
+    for h in result.history:
+        click.echo(f"{h.step:>5} {h.loss:>9.4f} {h.iteration_s:>8.3f} {h.cost_usd:>10.6f}")
+    first, last = result.history[0].loss, result.history[-1].loss
+    mean_iter = sum(h.iteration_s for h in result.history) / len(result.history)
+    click.echo(f"loss {first:.4f} -> {last:.4f}; mean iteration {mean_iter:.3f} s; "
+               f"{AWS_LAMBDA.name} cost of this run ${result.total_cost_usd:.6f}")  # fmt: skip
+    if json_out is not None:
+        json_out.write_text(json.dumps(
+            {"plan": json.loads(plan.to_json()), "history": [h.__dict__ for h in result.history]},
+            indent=2))  # fmt: skip
+
+
+@cli.command("schedule")
+@click.option("--stages", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--replicas",
+    default="2",
+    show_default=True,
+    help="functions per stage, one number or one per stage: 1,2,3",
+)
+@click.option("--micro-batches", default=4, show_default=True, type=click.IntRange(min=1))
+def schedule_cmd(stages: int, replicas: str, micro_batches: int) -> None:
+    """Print each function's action list for a plan and prove it deadlock-free."""
+    from funcpipe.planning.plan import Stage
+
+    counts = [int(r) for r in replicas.split(",")]
+    if len(counts) == 1:
+        counts *= stages
+    plan = Plan(stages=[Stage(start=i, end=i + 1, replicas=d) for i, d in enumerate(counts)],
+                micro_batches=micro_batches)  # fmt: skip
+    sched = build_schedule(plan)
+    check_schedule(sched)
+    click.echo(format_schedule(sched))
+    click.echo(f"checked: {sum(len(a) for a in sched.values())} actions, no deadlock")
+
+
+@cli.command("models")
+def models_cmd() -> None:
+    """List the models `funcpipe train --model` accepts."""
+    for name in model_names():
+        click.echo(name)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except FuncPipeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Lint and run the whole test suite. The tests start the servers they need (Redis, an
+# S3-protocol server) on free local ports and stop them afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+"$VENV/bin/ruff" check funcpipe tests bench
+"$VENV/bin/ruff" format --check funcpipe tests bench
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"

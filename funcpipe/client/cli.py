@@ -78,7 +78,7 @@ def _plan(plan_file: Path | None, num_layers: int, stages: int, replicas: int, m
     help='JSON plan: {"stages": [{"start":0,"end":6,"replicas":2,...}], ...}',
 )
 @click.option(
-    "--optimizer", type=click.Choice(sorted(OPTIMIZERS)), default="sgd", show_default=True
+    "--optimizer", type=click.Choice(sorted(OPTIMIZERS)), default="adam", show_default=True
 )
 @click.option("--lr", default=0.002, show_default=True, type=float)
 @click.option(

@@ -23,6 +23,7 @@ from funcpipe.platforms import (
     Status,
     set_activity,
 )
+from funcpipe.platforms.local import _was_oom_killed
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -396,3 +397,45 @@ def test_threaded_function_fits_under_rlimit() -> None:
     with LocalPlatform(memory_enforcement="rlimit") as p:
         st = _run(p, fn, memory_mb=256)
     assert st.status is Status.SUCCEEDED, st.message
+
+
+@pytest.mark.parametrize(
+    "code, status, reason", [(0, Status.SUCCEEDED, None), (5, Status.FAILED, "crash")]
+)
+def test_os_exit_without_report(platform: LocalPlatform, code: int, status: Status, reason) -> None:
+    st = _run(platform, lambda: os._exit(code), name="quitter")
+    assert (st.status, st.reason) == (status, reason)
+    if reason:
+        assert "'quitter' exited with status 5 without reporting a result" in st.message
+
+
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        ({"memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n"}, True),
+        ({"memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n"}, False),
+        # kernels before 4.13 have no oom_kill counter: hitting the limit at the cap means OOM
+        (
+            {
+                "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\n",
+                "memory.failcnt": "12",
+                "memory.max_usage_in_bytes": str(200 * 2**20),
+                "memory.limit_in_bytes": str(200 * 2**20),
+            },
+            True,
+        ),
+        (
+            {
+                "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\n",
+                "memory.failcnt": "0",
+                "memory.max_usage_in_bytes": str(50 * 2**20),
+                "memory.limit_in_bytes": str(200 * 2**20),
+            },
+            False,
+        ),
+    ],
+)
+def test_oom_detection_from_cgroup_files(tmp_path: Path, files: dict, expected: bool) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert _was_oom_killed(str(tmp_path)) is expected

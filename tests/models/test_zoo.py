@@ -187,3 +187,22 @@ def test_padding_is_masked_out_of_attention() -> None:
     ids = torch.randint(5, 1000, (1, 10))
     padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.int64)], dim=1)
     torch.testing.assert_close(model(padded)[:, :10], model(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_layer_summary_matches_a_real_forward() -> None:
+    from funcpipe.models import layer_summary
+
+    model = build("amoebanet-d18-small")
+    rows = layer_summary(model, torch.zeros(1, 3, 32, 32))
+    assert model.training  # left in the mode it was in
+    assert [r.name for r in rows] == [name for name, _ in model.named_children()]
+    assert sum(r.params for r in rows) == sum(p.numel() for p in model.parameters())
+    value = torch.zeros(1, 3, 32, 32)
+    for layer, row in zip(model, rows, strict=True):
+        value = layer(value)
+        outs = value if isinstance(value, tuple) else (value,)
+        assert row.output_shapes == tuple(tuple(t.shape) for t in outs)
+        assert row.output_bytes == sum(t.numel() * 4 for t in outs)
+    tied = build("bert-large", layers=1, hidden=8, heads=2, vocab_size=20)
+    rows = layer_summary(tied, torch.zeros(1, 4, dtype=torch.int64))
+    assert sum(r.params for r in rows) == sum(p.numel() for p in tied.parameters())

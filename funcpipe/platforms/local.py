@@ -66,6 +66,7 @@ MIN_CPU_SHARE = 0.1
 CFS_PERIOD_US = 100_000
 KILL_GRACE_S = 2.0  # how long past its deadline the parent waits for the child's own SIGALRM
 REAP_TIMEOUT_S = 5.0  # how long to wait for a SIGKILLed process to disappear
+MAX_WAIT_SLICE_S = 0.5  # join re-checks at least this often
 MAX_REPORT_BYTES = 60_000  # below the 64 KiB pipe buffer, so the child never blocks on its report
 _MB = 1024 * 1024
 
@@ -400,6 +401,9 @@ class LocalPlatform(Platform):
             PR_SET_PDEATHSIG), so a killed client leaves no processes behind. Turn it off if you
             start functions from short-lived threads.
         limits: per-function bounds; Lambda's by default.
+
+    Functions still running when the platform is closed, garbage-collected or when the caller
+    exits are killed and reported as cancelled.
     """
 
     def __init__(
@@ -524,7 +528,14 @@ class LocalPlatform(Platform):
                     os.makedirs(path, exist_ok=True)
                 except OSError as exc:
                     raise FuncPipeError(f"cannot create the {ctrl} cgroup {path}: {exc}") from exc
-            mem_cg, cpu_cg = self._make_cgroups(spec, inv)
+            try:
+                mem_cg, cpu_cg = self._make_cgroups(spec, inv)
+            except OSError as exc:
+                raise FuncPipeError(
+                    f"function {spec.name!r}: cannot set up its cgroup ({exc}); pass "
+                    "memory_enforcement='rlimit' and cpu_enforcement='affinity' to run without "
+                    "cgroups"
+                ) from exc
             share = self.cpu_share(spec.memory_mb)
             setup = _ChildSetup(
                 name=spec.name,
@@ -595,13 +606,20 @@ class LocalPlatform(Platform):
                 return st
             with self._lock:
                 run = self._run(inv)
-                waitables: list = [run.process.sentinel]
+                if run.final is not None:
+                    continue
+                sentinel = run.process.sentinel
+                waitables: list = [sentinel]
                 if run.report_fd is not None:
                     waitables.append(run.report_fd)
                 kill_at = run.deadline + KILL_GRACE_S
-            wait_s = min(end - now, max(kill_at - now, 0.0) + 0.01)
-            ready = multiprocessing.connection.wait(waitables, timeout=wait_s)
-            if run.process.sentinel in ready:
+            # Short waits: another thread may finish this run and close these fds meanwhile.
+            wait_s = min(end - now, max(kill_at - now, 0.0) + 0.01, MAX_WAIT_SLICE_S)
+            try:
+                ready = multiprocessing.connection.wait(waitables, timeout=wait_s)
+            except (OSError, ValueError):
+                continue
+            if sentinel in ready:
                 time.sleep(0.002)  # the sentinel closes just before the process becomes reapable
 
     def cancel(self, inv: Invocation) -> None:

@@ -439,3 +439,19 @@ def test_oom_detection_from_cgroup_files(tmp_path: Path, files: dict, expected: 
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     assert _was_oom_killed(str(tmp_path)) is expected
+
+
+def test_threads_can_join_and_poll_the_same_invocation(platform: LocalPlatform) -> None:
+    inv = platform.start(FunctionSpec("shared", 256, 30), lambda: time.sleep(0.3))
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(platform.join(inv, 20))) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        platform.state(inv)
+        time.sleep(0.001)
+    for t in threads:
+        t.join()
+    assert [r.status for r in results] == [Status.SUCCEEDED] * 3

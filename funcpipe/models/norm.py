@@ -23,10 +23,14 @@ def check_norm(norm: str) -> str:
 
 
 def norm2d(norm: str, channels: int) -> nn.Module:
-    """A 2-D normalisation over `channels` feature maps (GroupNorm uses up to 32 groups)."""
+    """A 2-D normalisation over `channels` feature maps.
+
+    GroupNorm uses up to 32 groups of at least 4 channels (when there are 4), so a group never
+    holds a single value at 1x1 resolution, where normalising would zero it.
+    """
     check_norm(norm)
     if norm == "batch":
         return nn.BatchNorm2d(channels)
     if norm == "group":
-        return nn.GroupNorm(math.gcd(32, channels), channels)
+        return nn.GroupNorm(math.gcd(32, max(channels // 4, 1)), channels)
     return nn.Identity()

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import numpy as np
 import torch
@@ -158,7 +158,8 @@ class _Exchange:
 
     def send_piece(self, owner: int, j: int) -> None:
         a, b = self.pieces[owner][j]
-        self.storage.put(self.rs_key(owner, self.rank, j), self.src[a:b].tobytes())
+        # A view, not a copy: the bytes go straight from the gradient to storage.
+        self.storage.put(self.rs_key(owner, self.rank, j), memoryview(self.src[a:b]).cast("B"))
 
     def fetch_piece(self, src: int, j: int) -> bytes:
         return self.wait(self.rs_key(self.rank, src, j), src, delete=True)
@@ -242,12 +243,12 @@ class _Pools:
 
     def result(self, fut: Future) -> bytes:
         while True:
-            done, _ = wait([fut, *self.sent], timeout=None, return_when=FIRST_EXCEPTION)
+            done, _ = wait([fut, *self.sent], return_when=FIRST_COMPLETED)
+            for sent in done:
+                if sent is not fut and sent.exception() is not None:
+                    raise sent.exception()
             if fut in done:
                 return fut.result()
-            for sent in done:
-                if sent.exception() is not None:
-                    raise sent.exception()
             self.sent = [f for f in self.sent if not f.done()]
 
     def drain(self) -> None:

@@ -65,7 +65,10 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def put(self, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key``, replacing any old value; readers see all or nothing."""
+        """Store ``data`` under ``key``, replacing any old value; readers see all or nothing.
+
+        ``data`` may be any bytes-like object (bytes, bytearray, a byte memoryview).
+        """
 
     @abc.abstractmethod
     def get(self, key: str) -> bytes:

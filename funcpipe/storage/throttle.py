@@ -101,8 +101,9 @@ class LinkStats:
 class ThrottledStorage(Storage):
     """Wraps ``inner`` as seen through one function's link (uploads = put, downloads = get/wait).
 
-    An upload becomes visible only after its bytes have crossed the link; a download reads the
-    object and then pays latency and transfer time. Deletes and listings pay latency only.
+    An upload becomes visible once its bytes have crossed the link and returns after the
+    request latency; a download pays latency (overlapping the local read), then transfer time.
+    Deletes and listings pay latency only. ``put`` accepts any bytes-like object.
     A ``wait`` counts as one GET however often the inner store polls. Does not own ``inner``.
     """
 
@@ -119,29 +120,35 @@ class ThrottledStorage(Storage):
     def __repr__(self) -> str:
         return f"ThrottledStorage({self.inner!r}, {self.link!r})"
 
-    def _transfer(self, bucket: TokenBucket, size: int) -> None:
+    def _stream(self, bucket: TokenBucket, size: int) -> None:
+        """Move ``size`` bytes through ``bucket`` in slices, so concurrent requests share it."""
         if not self.link.enabled:
             return
-        if self.link.latency_s:
-            time.sleep(self.link.latency_s)
         piece = max(65536, int(bucket.rate * 0.004))
         remaining = size
         while remaining > 0:
             bucket.take(min(piece, remaining))
             remaining -= piece
 
-    def _request(self) -> None:
+    def _latency(self, since: float) -> None:
+        """Sleep out one request's latency counted from ``since``; local I/O hides inside it."""
         if self.link.enabled and self.link.latency_s:
-            time.sleep(self.link.latency_s)
+            left = since + self.link.latency_s - time.monotonic()
+            if left > 0:
+                time.sleep(left)
 
     def put(self, key: str, data: bytes) -> None:
         start = time.monotonic()
-        self._transfer(self._up, len(data))
-        self.inner.put(key, data)
-        self.stats.add(puts=1, bytes_up=len(data), up_seconds=time.monotonic() - start)
+        size = memoryview(data).nbytes
+        self._stream(self._up, size)
+        written = time.monotonic()
+        self.inner.put(key, data)  # visible once the bytes are across, acknowledged after latency
+        self._latency(written)
+        self.stats.add(puts=1, bytes_up=size, up_seconds=time.monotonic() - start)
 
     def _download(self, start: float, data: bytes) -> bytes:
-        self._transfer(self._down, len(data))
+        self._latency(start)
+        self._stream(self._down, len(data))
         self.stats.add(gets=1, bytes_down=len(data), down_seconds=time.monotonic() - start)
         return data
 
@@ -157,24 +164,27 @@ class ThrottledStorage(Storage):
 
     def exists(self, key: str) -> bool:
         start = time.monotonic()
-        self._request()
         found = self.inner.exists(key)
+        self._latency(start)
         self.stats.add(gets=1, down_seconds=time.monotonic() - start)
         return found
 
     def delete(self, key: str) -> None:
-        self._request()
+        start = time.monotonic()
         self.inner.delete(key)
+        self._latency(start)
         self.stats.add(deletes=1)
 
     def list(self, prefix: str) -> list[str]:
-        self._request()
+        start = time.monotonic()
+        keys = self.inner.list(prefix)
+        self._latency(start)
         self.stats.add(lists=1)
-        return self.inner.list(prefix)
+        return keys
 
     def delete_prefix(self, prefix: str) -> int:
-        self._request()
-        self.stats.add(lists=1)
+        start = time.monotonic()
         count = self.inner.delete_prefix(prefix)
-        self.stats.add(deletes=count)
+        self._latency(start)
+        self.stats.add(lists=1, deletes=count)
         return count

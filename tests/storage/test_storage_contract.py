@@ -19,6 +19,12 @@ def test_put_get_round_trip(store: Storage) -> None:
     assert store.exists("a/b/c") and store.exists("empty")
 
 
+def test_put_accepts_bytes_like(store: Storage) -> None:
+    store.put("mv", memoryview(b"abcdef")[1:4])
+    store.put("ba", bytearray(b"xyz"))
+    assert (store.get("mv"), store.get("ba")) == (b"bcd", b"xyz")
+
+
 def test_put_overwrites(store: Storage) -> None:
     store.put("k", b"old value")
     store.put("k", b"new")

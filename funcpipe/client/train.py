@@ -306,13 +306,12 @@ class _Monitor:
         stage = self.plan.stages[s]
         where = f"function '{worker}' (stage {s}, replica {worker.replica})"
         if state.reason == "memory":
-            peak = f", peak {state.peak_memory_mb:.0f} MB" if state.peak_memory_mb else ""
-            during = f" during '{state.activity}'" if state.activity else ""
+            # The platform's message names the function, its cap, peak and activity; add the
+            # plan-level fix.
             return MemoryExceeded(
-                f"{where} exceeded its memory cap of {stage.memory_mb} MB{peak}{during}: "
-                f"it needs more than {stage.memory_mb} MB; raise stages[{s}].memory_mb, or "
-                "shrink its share (more micro-batches, fewer layers in the stage)\n"
-                f"{state.message or ''}",
+                f"{where}: {state.message}\nfix: it needs more than {stage.memory_mb} MB; raise "
+                f"stages[{s}].memory_mb, or shrink its share of the work (more micro-batches, "
+                "fewer layers in the stage)",
                 function=str(worker),
                 reason="memory",
             )

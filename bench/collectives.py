@@ -1,7 +1,9 @@
 """Gradient synchronisation through storage: naive vs pipelined scatter-reduce.
 
 Each of n replicas is a thread with its own throttled link (default 70 MB/s each way, 10 ms per
-request) onto one local store in /dev/shm, as functions share one bucket but not one NIC.
+request) onto one shared store, as functions share one bucket but not one NIC. The store is an
+in-process dict by default, so the emulator's own copies (tmpfs writes and reads, page faults)
+do not eat the CPU the replicas share; ``--storage local`` uses files under /dev/shm instead.
 For every n the replicas all-reduce S bytes of float32 gradients with three variants:
 ``naive``, ``paper`` (pipelined, subchunks=1) and ``pipelined`` (default sub-chunks), and the
 times are compared with the duplex lower bound 2(n-1)/n * S/B. Results are checked against
@@ -25,7 +27,14 @@ from pathlib import Path
 import torch
 
 from funcpipe.runtime.collectives import all_reduce, default_subchunks
-from funcpipe.storage import LinkConfig, LocalDirStorage, ThrottledStorage, default_local_root
+from funcpipe.storage import (
+    LinkConfig,
+    LocalDirStorage,
+    MemoryStorage,
+    Storage,
+    ThrottledStorage,
+    default_local_root,
+)
 
 VARIANTS = {
     "naive": {"algorithm": "naive"},
@@ -35,7 +44,7 @@ VARIANTS = {
 
 
 def run_once(
-    store: LocalDirStorage, inputs: list[torch.Tensor], link: LinkConfig, prefix: str, **kw
+    store: Storage, inputs: list[torch.Tensor], link: LinkConfig, prefix: str, **kw
 ) -> tuple[float, list[torch.Tensor]]:
     """Time one all-reduce: from a common start until the slowest replica returns."""
     world = len(inputs)
@@ -67,12 +76,14 @@ def run_once(
     return max(ends) - start, results  # type: ignore[return-value]
 
 
-def bench(sizes_mb: list[float], ns: list[int], repeat: int, link: LinkConfig) -> dict:
+def bench(
+    sizes_mb: list[float], ns: list[int], repeat: int, link: LinkConfig, storage: str
+) -> dict:
     default_local_root().mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="bench-collectives-", dir=default_local_root()))
-    store = LocalDirStorage(root)
+    store: Storage = LocalDirStorage(root) if storage == "local" else MemoryStorage()
     bandwidth = min(link.up_mb_s, link.down_mb_s) * 1e6
-    report: dict = {"link": vars(link).copy(), "repeat": repeat, "runs": []}
+    report: dict = {"link": vars(link).copy(), "repeat": repeat, "storage": storage, "runs": []}
     try:
         for size_mb in sizes_mb:
             numel = int(size_mb * 1e6 / 4)
@@ -125,13 +136,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 MB, n = 2 4, one run")
     parser.add_argument("--mb-s", type=float, default=70.0, help="link rate each way, MB/s")
     parser.add_argument("--latency", type=float, default=0.01, help="seconds per request")
+    parser.add_argument(
+        "--storage",
+        choices=["memory", "local"],
+        default="memory",
+        help="shared store: in-process dict (default) or files under the local root (/dev/shm)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.sizes_mb, args.ns, args.repeat = [8.0], [2, 4], 1
     if args.repeat < 1 or any(n < 2 for n in args.ns) or any(s <= 0 for s in args.sizes_mb):
         parser.error("need --repeat >= 1, every n >= 2 and every size > 0")
     link = LinkConfig(up_mb_s=args.mb_s, down_mb_s=args.mb_s, latency_s=args.latency)
-    report = bench(args.sizes_mb, args.ns, args.repeat, link)
+    report = bench(args.sizes_mb, args.ns, args.repeat, link, args.storage)
     print(json.dumps(report, sort_keys=True))
 
 

@@ -52,7 +52,7 @@ def test_split_sizes_follow_the_chunking_rule() -> None:
 
 def test_default_subchunks_grow_with_size() -> None:
     assert default_subchunks(100, 4) == 1
-    assert default_subchunks(16_000_000, 4) == 8
+    assert default_subchunks(16_000_000, 4) == 16
     assert default_subchunks(16_000_000, 2) > default_subchunks(16_000_000, 8)
     assert default_subchunks(10**10, 2) == 64
 

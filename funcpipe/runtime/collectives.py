@@ -56,7 +56,7 @@ ALGORITHMS = ("naive", "pipelined")
 OPS = ("mean", "sum")
 #: Sub-chunk size the default ``subchunks`` aims for: small enough that pipeline fill and
 #: drain cost little, large enough that per-request latency and request prices stay low.
-TARGET_PIECE_BYTES = 2_000_000
+TARGET_PIECE_BYTES = 1_000_000
 MAX_SUBCHUNKS = 64
 #: Requests kept in flight per direction by the default pipelined algorithm.
 IN_FLIGHT = 3
@@ -176,7 +176,7 @@ class _Exchange:
             self.acc[j] = self.src[span[0] : span[1]].astype(np.float64)
         np.add(self.acc[j], values, out=self.acc[j])
 
-    def finish(self, j: int) -> bytes:
+    def finish(self, j: int) -> memoryview:
         """Reduced sub-chunk j of my chunk, as float32 bytes; also written into the result."""
         span = self.pieces[self.rank][j]
         acc = self.acc[j]
@@ -187,9 +187,9 @@ class _Exchange:
         merged = acc.astype(_F32)
         self.acc[j] = None
         self.out[span[0] : span[1]] = merged
-        return merged.tobytes()
+        return memoryview(merged).cast("B")
 
-    def publish(self, j: int, data: bytes) -> None:
+    def publish(self, j: int, data: memoryview) -> None:
         self.storage.put(self.ag_key(self.rank, j), data)
 
     def gather(self, owner: int, j: int, data: bytes) -> None:

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from funcpipe.errors import ConfigError
 from funcpipe.storage.base import Storage, validate_key, validate_prefix
 from funcpipe.storage.local_dir import LocalDirStorage
+from funcpipe.storage.memory import MemoryStorage
 from funcpipe.storage.prefixed import PrefixedStorage
 from funcpipe.storage.throttle import LinkConfig, LinkStats, ThrottledStorage
 
@@ -24,6 +25,7 @@ __all__ = [
     "LinkConfig",
     "LinkStats",
     "LocalDirStorage",
+    "MemoryStorage",
     "PrefixedStorage",
     "Storage",
     "ThrottledStorage",
@@ -39,6 +41,7 @@ Factory = Callable[..., Storage]
 # scheme -> (module, pip extra that provides its client library)
 _LAZY: dict[str, tuple[str, str | None]] = {
     "local": ("funcpipe.storage.local_dir", None),
+    "memory": ("funcpipe.storage.memory", None),
     "redis": ("funcpipe.storage.redis_store", "funcpipe[redis]"),
     "s3": ("funcpipe.storage.s3", "funcpipe[s3]"),
 }
@@ -74,12 +77,20 @@ def _local_from_url(url: str, **options: object) -> Storage:
     return LocalDirStorage(path)
 
 
+def _memory_from_url(url: str, **options: object) -> Storage:
+    if url != "memory://" or options:
+        raise ConfigError(f"in-process storage is opened as 'memory://', no options; got {url!r}")
+    return MemoryStorage()
+
+
 register_backend("local", _local_from_url)
+register_backend("memory", _memory_from_url)
 
 
 def open_storage(url: str = "local", **options: object) -> Storage:
     """Open the backend named by ``url``: 'local', 'local:///abs/dir', '/abs/dir',
-    'redis://host:port/db' or 's3://bucket/prefix?endpoint_url=...'."""
+    'memory://' (this process only), 'redis://host:port/db' or
+    's3://bucket/prefix?endpoint_url=...'."""
     if not isinstance(url, str) or not url:
         raise ConfigError(f"storage URL must be a non-empty string, got {url!r}")
     scheme = "local" if url == "local" or url.startswith("/") else urlparse(url).scheme

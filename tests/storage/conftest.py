@@ -11,6 +11,7 @@ import pytest
 from funcpipe.storage import (
     LinkConfig,
     LocalDirStorage,
+    MemoryStorage,
     PrefixedStorage,
     Storage,
     ThrottledStorage,
@@ -21,6 +22,10 @@ FAST_LINK = LinkConfig(up_mb_s=2000.0, down_mb_s=2000.0, latency_s=0.0005)
 
 def _local(tmp_path: Path) -> Iterator[Storage]:
     yield LocalDirStorage(tmp_path / "store")
+
+
+def _memory(tmp_path: Path) -> Iterator[Storage]:
+    yield MemoryStorage()
 
 
 def _prefixed(tmp_path: Path) -> Iterator[Storage]:
@@ -36,6 +41,7 @@ def _throttled(tmp_path: Path) -> Iterator[Storage]:
 
 BACKENDS: dict[str, Callable[[Path], Iterator[Storage]]] = {
     "local": _local,
+    "memory": _memory,
     "prefixed": _prefixed,
     "throttled": _throttled,
 }

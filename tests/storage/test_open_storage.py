@@ -42,3 +42,11 @@ def test_unknown_scheme_lists_known_ones() -> None:
 def test_bad_local_urls(url: str) -> None:
     with pytest.raises(ConfigError):
         open_storage(url)
+
+
+def test_memory_url() -> None:
+    from funcpipe.storage import MemoryStorage
+
+    assert isinstance(open_storage("memory://"), MemoryStorage)
+    with pytest.raises(ConfigError, match="memory://"):
+        open_storage("memory://x")

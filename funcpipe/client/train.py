@@ -101,6 +101,7 @@ def train(
     if not isinstance(plan, Plan):
         raise ConfigError("plan must be a funcpipe.Plan")
     plan.check_model(len(model))
+    _check_no_shared_parameters(model, plan)
     if sync_algorithm not in ("naive", "pipelined"):
         raise ConfigError(f"sync_algorithm must be 'naive' or 'pipelined', got {sync_algorithm!r}")
     if timeout_s <= 0:
@@ -179,6 +180,25 @@ def train(
             plat.close()
         root.delete_prefix(keys.job_prefix(job_id))
         root.close()
+
+
+def _check_no_shared_parameters(model: nn.Sequential, plan: Plan) -> None:
+    """Refuse plans that cut between layers sharing a parameter (e.g. tied embeddings).
+
+    Each stage would train its own copy and the copies would silently diverge.
+    """
+    owner: dict[int, tuple[int, int]] = {}
+    for s, stage in enumerate(plan.stages):
+        for layer in range(stage.start, stage.end):
+            for p in model[layer].parameters():
+                first = owner.setdefault(id(p), (s, layer))
+                if first[0] != s:
+                    raise ConfigError(
+                        f"layers {first[1]} and {layer} share a parameter (tied weights) but the "
+                        f"plan puts them in stages {first[0]} and {s}, which would train diverging "
+                        "copies: keep both layers in one stage, or untie the weights "
+                        "(e.g. tie_weights=False for funcpipe.models BERT)"
+                    )
 
 
 def _resolve_steps(steps: int | None, batches: Iterable[Batch]) -> int:

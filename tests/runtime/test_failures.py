@@ -111,3 +111,13 @@ def test_bad_inputs_get_clear_errors(tmp_path) -> None:
             progress=False,
         )
     assert LocalDirStorage(tmp_path).list("") == []
+
+
+def test_plan_that_cuts_tied_weights_is_refused(tmp_path) -> None:
+    first, last = nn.Linear(4, 4), nn.Linear(4, 4)
+    last.weight = first.weight
+    model = nn.Sequential(first, nn.ReLU(), last, nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match="layers 0 and 2 share a parameter"):
+        run(model, Plan(stages=[Stage(start=0, end=2), Stage(start=2, end=4)]), tmp_path)
+    # Within one stage the tie is fine.
+    run(model, Plan(stages=[Stage(start=0, end=3), Stage(start=3, end=4)]), tmp_path)

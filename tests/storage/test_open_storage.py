@@ -50,3 +50,10 @@ def test_memory_url() -> None:
     assert isinstance(open_storage("memory://"), MemoryStorage)
     with pytest.raises(ConfigError, match="memory://"):
         open_storage("memory://x")
+
+
+def test_redis_url_never_shows_the_password() -> None:
+    store = open_storage("redis://:s3cret@127.0.0.1:6390/2")
+    assert "s3cret" not in repr(store)
+    assert repr(store) == "RedisStorage('redis://127.0.0.1:6390/2')"
+    store.close()

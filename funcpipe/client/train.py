@@ -114,6 +114,12 @@ def train(
 
     _warm_up(optimizer)
     root = open_storage(storage)
+    if not root.shared_across_processes:
+        root.close()
+        raise ConfigError(
+            f"storage {storage!r} lives inside one process, but every function runs in its own: "
+            "use storage='local' (a shared directory) or a server such as redis:// or s3://"
+        )
     jobs = PrefixedStorage(root, keys.job_prefix(job_id))
     own_platform = isinstance(platform, str)
     plat = _make_platform(platform) if isinstance(platform, str) else platform

@@ -21,7 +21,8 @@ The download link is the bottleneck: it must carry (n-1)/n of the data for the r
 another (n-1)/n for the all-gather, hence the lower bound 2(n-1)/n * S/B.
 
 Sums run in float64 in a fixed order (own chunk, then peers w-1, w-2, ...) and are rounded
-once to float32, so results are deterministic and equal for both algorithms.
+once to the tensor's dtype (float32 or float64, which is also the wire format), so results
+are deterministic and equal for both algorithms.
 
 Keys (all under ``key_prefix``): ``rs/<owner>/<src>/<j>`` a peer's piece j of chunk <owner>,
 read and deleted by the owner; ``ag/<owner>/<j>`` reduced sub-chunk j, read by all peers;
@@ -61,7 +62,7 @@ MAX_SUBCHUNKS = 64
 #: Requests kept in flight per direction by the default pipelined algorithm.
 IN_FLIGHT = 3
 
-_F32 = np.dtype("<f4")
+_WIRE = {torch.float32: np.dtype("<f4"), torch.float64: np.dtype("<f8")}
 
 
 def split_sizes(total: int, parts: int) -> list[int]:
@@ -78,17 +79,17 @@ def _spans(offset: int, total: int, parts: int) -> list[tuple[int, int]]:
     return spans
 
 
-def default_subchunks(numel: int, world: int) -> int:
+def default_subchunks(numel: int, world: int, itemsize: int = 4) -> int:
     """Sub-chunks per chunk so that a piece is about TARGET_PIECE_BYTES (1 for small tensors)."""
-    chunk_bytes = 4 * math.ceil(numel / max(world, 1))
+    chunk_bytes = itemsize * math.ceil(numel / max(world, 1))
     return max(1, min(MAX_SUBCHUNKS, round(chunk_bytes / TARGET_PIECE_BYTES)))
 
 
 def _check(tensor: torch.Tensor, rank: int, world: int, key_prefix: str, algorithm: str,
            op: str, timeout: float, subchunks: int | None) -> None:  # fmt: skip
-    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 1 or tensor.dtype != torch.float32:
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 1 or tensor.dtype not in _WIRE:
         raise ConfigError(
-            "all_reduce: tensor must be a 1-D float32 torch.Tensor, got "
+            "all_reduce: tensor must be a 1-D float32 or float64 torch.Tensor, got "
             + (f"{tensor.dtype} of shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor)
                else type(tensor).__name__)
             + "; flatten gradients with torch.cat([g.reshape(-1) for g in grads]).float()"
@@ -118,7 +119,8 @@ class _Exchange:
         self.storage, self.rank, self.n = storage, rank, world
         self.prefix, self.op, self.timeout = key_prefix.rstrip("/"), op, timeout
         self.src = tensor.detach().contiguous().numpy()
-        self.result = torch.empty(tensor.numel(), dtype=torch.float32)
+        self.dtype = _WIRE[tensor.dtype]
+        self.result = torch.empty(tensor.numel(), dtype=tensor.dtype)
         self.out = self.result.numpy()
         numel = tensor.numel()
         chunks = _spans(0, numel, world)
@@ -148,13 +150,13 @@ class _Exchange:
             ) from exc
 
     def piece(self, data: bytes, key: str, span: tuple[int, int]) -> np.ndarray:
-        expected = 4 * (span[1] - span[0])
+        expected = self.dtype.itemsize * (span[1] - span[0])
         if len(data) != expected:
             raise StorageError(
                 f"all_reduce rank {self.rank}: {key!r} holds {len(data)} bytes, expected "
                 f"{expected}; every replica must pass a tensor of the same length"
             )
-        return np.frombuffer(data, dtype=_F32)
+        return np.frombuffer(data, dtype=self.dtype)
 
     def send_piece(self, owner: int, j: int) -> None:
         a, b = self.pieces[owner][j]
@@ -177,14 +179,14 @@ class _Exchange:
         np.add(self.acc[j], values, out=self.acc[j])
 
     def finish(self, j: int) -> memoryview:
-        """Reduced sub-chunk j of my chunk, as float32 bytes; also written into the result."""
+        """Reduced sub-chunk j of my chunk, as wire bytes; also written into the result."""
         span = self.pieces[self.rank][j]
         acc = self.acc[j]
         if acc is None:  # world == 1 never gets here; n > 1 always adds a peer first
             raise AssertionError("finish before reduce")
         if self.op == "mean":
             acc /= self.n
-        merged = acc.astype(_F32)
+        merged = acc.astype(self.dtype)
         self.acc[j] = None
         self.out[span[0] : span[1]] = merged
         return memoryview(merged).cast("B")
@@ -310,7 +312,7 @@ def all_reduce(
 ) -> torch.Tensor:
     """Mean (or sum) of ``tensor`` over the ``world`` participants, exchanged through ``storage``.
 
-    Every participant calls this with its own 1-D float32 tensor of the same length, its
+    Every participant calls this with its own 1-D float32/64 tensor of the same length, its
     ``rank`` and the same ``key_prefix`` (unique per job, step and stage). Returns a new tensor;
     all participants get bit-identical results. ``subchunks=None`` picks a size-based default
     (see :func:`default_subchunks`); ``subchunks=1`` is the paper's pipelined algorithm.
@@ -323,7 +325,9 @@ def all_reduce(
         ex = _Exchange(storage, tensor, rank, world, key_prefix, op, timeout, subchunks or 1)
         _naive(ex)
     else:
-        k = subchunks if subchunks is not None else default_subchunks(tensor.numel(), world)
+        # subchunks=1 is the paper's algorithm: one request in flight each way.
+        in_flight = 1 if subchunks == 1 else IN_FLIGHT
+        k = subchunks or default_subchunks(tensor.numel(), world, tensor.element_size())
         ex = _Exchange(storage, tensor, rank, world, key_prefix, op, timeout, k)
-        _pipelined(ex, 1 if subchunks == 1 else IN_FLIGHT)
+        _pipelined(ex, in_flight)
     return ex.result

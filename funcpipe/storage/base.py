@@ -63,6 +63,10 @@ def validate_prefix(prefix: str) -> str:
 class Storage(abc.ABC):
     """Byte objects under '/'-separated keys. Implementations must make ``put`` atomic."""
 
+    #: True when other processes opening the same URL see the same objects; functions run in
+    #: their own processes, so training needs such a store.
+    shared_across_processes: bool = True
+
     @abc.abstractmethod
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key``, replacing any old value; readers see all or nothing.

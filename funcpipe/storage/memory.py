@@ -18,6 +18,8 @@ __all__ = ["MemoryStorage"]
 class MemoryStorage(Storage):
     """A thread-safe dict of bytes; visible only inside this process."""
 
+    shared_across_processes = False
+
     def __init__(self) -> None:
         self._objects: dict[str, bytes] = {}
         self._changed = threading.Condition()

@@ -110,6 +110,11 @@ def test_bad_inputs_get_clear_errors(tmp_path) -> None:
             storage=f"local://{tmp_path}",
             progress=False,
         )
+    with pytest.raises(ConfigError, match="lives inside one process"):
+        train(model, nn.MSELoss(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+              batches=[(torch.randn(8, 4), torch.randn(8, 2))],
+              plan=Plan(stages=[Stage(start=0, end=2)]), storage="memory://",
+              progress=False)  # fmt: skip
     assert LocalDirStorage(tmp_path).list("") == []
 
 

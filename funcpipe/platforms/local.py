@@ -58,6 +58,15 @@ from funcpipe.platforms.base import (
     PlatformLimits,
     Status,
 )
+from funcpipe.platforms.cgroup_v1 import (
+    controller_writable,
+    read_int,
+    read_text,
+    remove_cgroup,
+    sweep_stale,
+    was_oom_killed,
+    write_value,
+)
 
 __all__ = ["LAMBDA_CPU_PER_GB", "LocalPlatform"]
 
@@ -74,115 +83,6 @@ _MEMORY_MODES = ("auto", "cgroup", "rlimit", "none")
 _CPU_MODES = ("auto", "cgroup", "affinity", "none")
 _M_ARENA_MAX = -8  # glibc mallopt parameter
 _ALLOC_RE = re.compile(r"tried to allocate (\d+) bytes")
-
-
-# --- small file helpers for cgroup v1 ----------------------------------------------------------
-
-
-def _write(path: str, value: object) -> None:
-    with open(path, "w") as f:
-        f.write(str(value))
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _read_int(path: str) -> int | None:
-    text = _read_text(path)
-    try:
-        return int(text.split()[0]) if text else None
-    except ValueError:
-        return None
-
-
-def _was_oom_killed(cgroup: str) -> bool:
-    """Whether the kernel's OOM killer struck in `cgroup`.
-
-    memory.oom_control counts kills (Linux >= 4.13); older kernels only tell us that the group
-    hit its limit (failcnt) and how close it got (max usage), which together mean the same.
-    """
-    text = _read_text(os.path.join(cgroup, "memory.oom_control")) or ""
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "oom_kill":
-            return int(value) > 0
-    failcnt = _read_int(os.path.join(cgroup, "memory.failcnt")) or 0
-    peak = _read_int(os.path.join(cgroup, "memory.max_usage_in_bytes")) or 0
-    limit = _read_int(os.path.join(cgroup, "memory.limit_in_bytes")) or 0
-    return failcnt > 0 and limit > 0 and peak >= 0.95 * limit
-
-
-def _cgroup_pids(cgroup: str) -> list[int]:
-    text = _read_text(os.path.join(cgroup, "cgroup.procs")) or ""
-    return [int(p) for p in text.split()]
-
-
-def _controller_writable(root: str, controller: str, probe: str) -> bool:
-    """Whether we can create groups under ``<root>/<controller>/funcpipe`` and set `probe` there."""
-    mount = os.path.join(root, controller)
-    if not os.path.isfile(os.path.join(mount, probe)):
-        return False
-    try:
-        os.makedirs(os.path.join(mount, "funcpipe"), exist_ok=True)
-    except OSError:
-        return False
-    return os.access(os.path.join(mount, "funcpipe", probe), os.W_OK)
-
-
-def _remove_cgroup(path: str, timeout: float = 1.0) -> bool:
-    """Kill what is left in `path` and rmdir it; retries briefly while the kernel lets go."""
-    if not os.path.isdir(path):
-        return True
-    end = time.monotonic() + timeout
-    while True:
-        for sub in os.scandir(path):
-            if sub.is_dir(follow_symlinks=False):
-                _remove_cgroup(sub.path, timeout)
-        for pid in _cgroup_pids(path):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        try:
-            os.rmdir(path)
-            return True
-        except FileNotFoundError:
-            return True
-        except OSError:
-            if time.monotonic() >= end:
-                return False
-            time.sleep(0.02)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _sweep_stale(controller_dir: str) -> None:
-    """Remove empty ``funcpipe/<pid>-<token>`` groups whose owning caller process is gone.
-
-    Functions of a dead caller die with it (PR_SET_PDEATHSIG), leaving empty groups. The sweep
-    never kills: a pid we cannot see may belong to a caller in another pid namespace, and a
-    group that still holds processes refuses rmdir anyway.
-    """
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(controller_dir):
-            pid_text = entry.name.partition("-")[0]
-            if entry.is_dir() and pid_text.isdigit() and not _pid_alive(int(pid_text)):
-                with contextlib.suppress(OSError):
-                    for leaf in os.scandir(entry.path):
-                        if leaf.is_dir(follow_symlinks=False):
-                            os.rmdir(leaf.path)
-                    os.rmdir(entry.path)
 
 
 # --- activity labels shared through an anonymous shared mapping --------------------------------
@@ -238,7 +138,7 @@ class _ChildSetup:
 
 
 def _status_kb(field_name: str) -> int | None:
-    text = _read_text("/proc/self/status") or ""
+    text = read_text("/proc/self/status") or ""
     for line in text.splitlines():
         if line.startswith(field_name + ":"):
             return int(line.split()[1])
@@ -279,9 +179,9 @@ def _apply_limits(setup: _ChildSetup) -> None:
     """Enter cgroups first (before any allocation), then the rest of the sandbox."""
     pid = os.getpid()
     if setup.mem_cgroup:
-        _write(os.path.join(setup.mem_cgroup, "cgroup.procs"), pid)
+        write_value(os.path.join(setup.mem_cgroup, "cgroup.procs"), pid)
     if setup.cpu_cgroup:
-        _write(os.path.join(setup.cpu_cgroup, "cgroup.procs"), pid)
+        write_value(os.path.join(setup.cpu_cgroup, "cgroup.procs"), pid)
     with contextlib.suppress(OSError):
         os.setpgid(
             0, 0
@@ -458,14 +358,14 @@ class LocalPlatform(Platform):
             if mode == "cgroup"
         }
         for ctrl in self._group_dirs:
-            _sweep_stale(os.path.join(cgroup_root, ctrl, "funcpipe"))
+            sweep_stale(os.path.join(cgroup_root, ctrl, "funcpipe"))
         self._finalizer = weakref.finalize(
             self, _close_runs, self._runs, self._lock, self._cleanup_info()
         )
         atexit.register(self._finalizer)
 
     def _pick_mode(self, requested: str, controller: str, probe: str, fallback: str) -> str:
-        if requested in ("auto", "cgroup") and _controller_writable(self._root, controller, probe):
+        if requested in ("auto", "cgroup") and controller_writable(self._root, controller, probe):
             return "cgroup"
         if requested == "cgroup":
             raise ConfigError(
@@ -494,15 +394,15 @@ class LocalPlatform(Platform):
             mem_cg = os.path.join(self._group_dirs["memory"], leaf)
             os.makedirs(mem_cg)
             limit = spec.memory_mb * _MB
-            _write(os.path.join(mem_cg, "memory.limit_in_bytes"), limit)
+            write_value(os.path.join(mem_cg, "memory.limit_in_bytes"), limit)
             with contextlib.suppress(OSError):  # only exists with swap accounting
-                _write(os.path.join(mem_cg, "memory.memsw.limit_in_bytes"), limit)
+                write_value(os.path.join(mem_cg, "memory.memsw.limit_in_bytes"), limit)
         if "cpu" in self._group_dirs:
             cpu_cg = os.path.join(self._group_dirs["cpu"], leaf)
             os.makedirs(cpu_cg)
             share = self.cpu_share(spec.memory_mb) or 0.0
-            _write(os.path.join(cpu_cg, "cpu.cfs_period_us"), CFS_PERIOD_US)
-            _write(os.path.join(cpu_cg, "cpu.cfs_quota_us"), round(share * CFS_PERIOD_US))
+            write_value(os.path.join(cpu_cg, "cpu.cfs_period_us"), CFS_PERIOD_US)
+            write_value(os.path.join(cpu_cg, "cpu.cfs_quota_us"), round(share * CFS_PERIOD_US))
         return mem_cg, cpu_cg
 
     def _affinity_cores(self, share: float | None) -> list[int] | None:
@@ -562,7 +462,7 @@ class LocalPlatform(Platform):
                 act.close()
                 for cg in (mem_cg, cpu_cg):
                     if cg:
-                        _remove_cgroup(cg)
+                        remove_cgroup(cg)
                 raise
             os.close(write_fd)  # the child holds the only write end: EOF means it is gone
             os.set_blocking(read_fd, False)
@@ -679,7 +579,7 @@ class LocalPlatform(Platform):
     def _peak_mb(self, run: _Run) -> float | None:
         if run.mem_cgroup is None:
             return None
-        peak = _read_int(os.path.join(run.mem_cgroup, "memory.max_usage_in_bytes"))
+        peak = read_int(os.path.join(run.mem_cgroup, "memory.max_usage_in_bytes"))
         return None if peak is None else peak / _MB
 
     def _kill(self, run: _Run, why: str) -> None:
@@ -695,7 +595,7 @@ class LocalPlatform(Platform):
         self._drain(run)
         activity = self._activity(run)
         peak = self._peak_mb(run)
-        oom = run.mem_cgroup is not None and _was_oom_killed(run.mem_cgroup)
+        oom = run.mem_cgroup is not None and was_oom_killed(run.mem_cgroup)
         report = _parse_report(run.report_bytes)
         if report.get("peak_mb") is not None and peak is None:
             peak = float(report["peak_mb"])
@@ -798,7 +698,7 @@ def _release(run: _Run) -> None:
         run.activity = None
     for cg in (run.mem_cgroup, run.cpu_cgroup):
         if cg:
-            _remove_cgroup(cg)
+            remove_cgroup(cg)
     with contextlib.suppress(ValueError):
         run.process.close()
 
@@ -831,4 +731,4 @@ def _close_runs(runs: dict[int, _Run], lock: threading.RLock, info: tuple[int, l
                 )
                 _release(run)
         for path in group_dirs:
-            _remove_cgroup(path)
+            remove_cgroup(path)

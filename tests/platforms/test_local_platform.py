@@ -23,7 +23,7 @@ from funcpipe.platforms import (
     Status,
     set_activity,
 )
-from funcpipe.platforms.local import _was_oom_killed
+from funcpipe.platforms.cgroup_v1 import was_oom_killed
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -434,7 +434,7 @@ def test_os_exit_without_report(platform: LocalPlatform, code: int, status: Stat
 def test_oom_detection_from_cgroup_files(tmp_path: Path, files: dict, expected: bool) -> None:
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    assert _was_oom_killed(str(tmp_path)) is expected
+    assert was_oom_killed(str(tmp_path)) is expected
 
 
 def test_threads_can_join_and_poll_the_same_invocation(platform: LocalPlatform) -> None:

@@ -1,11 +1,10 @@
-"""Backends under the storage contract suite; a new backend is one more entry in BACKENDS."""
+"""Backends under the storage contract suite; a new backend is one more entry in BACKENDS.
+
+The servers behind redis and s3 come from the session fixtures in tests/conftest.py.
+"""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,49 +42,17 @@ def _throttled(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stora
     yield ThrottledStorage(LocalDirStorage(tmp_path / "store"), FAST_LINK)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private redis-server on a free local port, for the whole test session."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail(
-            "redis-server is not installed; install it (Debian/Ubuntu: "
-            "apt-get install -y redis-server) to run the Redis storage contract tests"
-        )
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server did not start on port {port}")
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def _redis(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Storage]:
     from funcpipe.storage import open_storage
 
     yield open_storage(request.getfixturevalue("redis_url"))
+
+
+def _s3(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Storage]:
+    from funcpipe.storage import open_storage
+
+    # A prefix in the URL too, so the backend's own key mapping runs under the whole contract.
+    yield open_storage(request.getfixturevalue("s3_server").new_bucket("contract"))
 
 
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], Iterator[Storage]]] = {
@@ -94,6 +61,7 @@ BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], Iterator[Storage]]] 
     "prefixed": _prefixed,
     "throttled": _throttled,
     "redis": _redis,
+    "s3": _s3,
 }
 
 

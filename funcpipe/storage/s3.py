@@ -1,0 +1,323 @@
+"""Storage on S3 or any S3-protocol server (MinIO, moto, Ceph): what real functions share.
+
+One key is one object; PutObject replaces an object in one step, so readers see all or nothing.
+``wait`` polls GET on that one key (never a listing: listings are slow, paid per call and may lag
+behind writes). Credentials come only from boto3's standard provider chain, never from the URL,
+and are never shown. Each process makes its own client on first use, so an instance copied into
+a forked child does not share the parent's connections.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlparse
+
+from funcpipe.errors import ConfigError, KeyNotFound, StorageError
+from funcpipe.storage.base import Storage, validate_key, validate_prefix
+
+try:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+except ImportError as exc:  # open_storage turns this into an install hint
+    raise ImportError("the 'boto3' package is required for s3:// storage") from exc
+
+__all__ = ["S3Options", "S3Storage", "from_url"]
+
+#: DeleteObjects takes at most this many keys per request.
+DELETE_BATCH = 1000
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """Where the objects live and how to reach them; nothing secret, safe to show."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    create_bucket: bool = False
+    addressing_style: str | None = None
+    max_pool_connections: int = 32
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    max_attempts: int = 5
+
+    def describe(self) -> str:
+        where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        return f"{where} at {self.endpoint_url}" if self.endpoint_url else where
+
+
+class S3Storage(Storage):
+    """Objects under ``prefix/`` in one bucket; keys map one to one onto object keys."""
+
+    def __init__(self, options: S3Options) -> None:
+        self.options = options
+        self.description = options.describe()
+        self._root = options.prefix + "/" if options.prefix else ""
+        self._pid: int | None = None
+        self._client_obj: Any = None
+        self._check_bucket()
+
+    def __repr__(self) -> str:
+        return f"S3Storage({self.description!r})"
+
+    # -- client ---------------------------------------------------------------------------
+    @property
+    def _client(self) -> Any:
+        """This process's client; a forked child makes a fresh one instead of sharing sockets."""
+        pid = os.getpid()
+        if self._client_obj is None or self._pid != pid:
+            self._client_obj = self._make_client()
+            self._pid = pid
+        return self._client_obj
+
+    def _make_client(self) -> Any:
+        o = self.options
+        s3_conf = {"addressing_style": o.addressing_style} if o.addressing_style else {}
+        config = Config(
+            region_name=o.region,
+            max_pool_connections=o.max_pool_connections,
+            connect_timeout=o.connect_timeout_s,
+            read_timeout=o.read_timeout_s,
+            retries={"max_attempts": o.max_attempts, "mode": "standard"},
+            s3=s3_conf,
+        )
+        # A session per client: boto3's default session is not safe to share across threads.
+        return boto3.session.Session().client("s3", endpoint_url=o.endpoint_url, config=config)
+
+    def _call(self, what: str, key: str, fn_name: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._client, fn_name)(**kwargs)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "NoSuchBucket":
+                raise self._no_bucket_error() from exc
+            if code in _MISSING_KEY:
+                raise KeyNotFound(f"storage key {key!r} not found on {self.description}") from exc
+            raise StorageError(f"S3 {what} of {key!r} on {self.description} failed: {exc}") from exc
+        except NoCredentialsError as exc:
+            raise _no_credentials_error(self.description) from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 {what} of {key!r} on {self.description} failed: {exc}") from exc
+
+    def _no_bucket_error(self) -> ConfigError:
+        o = self.options
+        endpoint = f" --endpoint-url {o.endpoint_url}" if o.endpoint_url else ""
+        return ConfigError(
+            f"S3 bucket {o.bucket!r} does not exist on {self.description}; create it "
+            f"(e.g. 'aws s3 mb s3://{o.bucket}{endpoint}') or, for tests and local servers, "
+            "add create_bucket=true to the storage URL"
+        )
+
+    def _check_bucket(self) -> None:
+        """Fail at open time, not at the first wait: a HEAD on a missing bucket looks like a
+        missing key, so a wait would otherwise run into its timeout."""
+        o = self.options
+        try:
+            self._client.head_bucket(Bucket=o.bucket)
+            return
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code not in ("404", "NoSuchBucket", "NotFound"):
+                raise StorageError(
+                    f"cannot reach S3 bucket {o.bucket!r} on {self.description}: {exc}"
+                ) from exc
+        except NoCredentialsError as exc:
+            raise _no_credentials_error(self.description) from exc
+        except BotoCoreError as exc:
+            raise StorageError(
+                f"cannot reach S3 bucket {o.bucket!r} on {self.description}: {exc}"
+            ) from exc
+        if not o.create_bucket:
+            raise self._no_bucket_error()
+        kwargs: dict[str, Any] = {"Bucket": o.bucket}
+        region = o.region or self._client.meta.region_name
+        if region and region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self._client.create_bucket(**kwargs)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code != "BucketAlreadyOwnedByYou":  # another process won the race: fine
+                raise StorageError(
+                    f"cannot create S3 bucket {o.bucket!r} on {self.description}: {exc}"
+                ) from exc
+
+    # -- Storage --------------------------------------------------------------------------
+    def _key(self, key: str) -> str:
+        return self._root + validate_key(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        body = data if isinstance(data, bytes) else bytes(data)
+        self._call(
+            "PUT", key, "put_object", Bucket=self.options.bucket, Key=self._key(key), Body=body
+        )
+
+    def get(self, key: str) -> bytes:
+        resp = self._call("GET", key, "get_object", Bucket=self.options.bucket, Key=self._key(key))
+        try:
+            with resp["Body"] as body:
+                return body.read()
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 GET of {key!r} on {self.description} failed: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("HEAD", key, "head_object", Bucket=self.options.bucket, Key=self._key(key))
+        except KeyNotFound:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        self._call("DELETE", key, "delete_object", Bucket=self.options.bucket, Key=self._key(key))
+
+    def _list_full(self, prefix: str) -> list[str]:
+        full = self._root + validate_prefix(prefix)
+        keys: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.options.bucket, "Prefix": full}
+            if token:
+                kwargs["ContinuationToken"] = token
+            resp = self._call("LIST", prefix, "list_objects_v2", **kwargs)
+            keys.extend(obj["Key"] for obj in resp.get("Contents", ()))
+            if not resp.get("IsTruncated"):
+                return sorted(keys)
+            token = resp["NextContinuationToken"]
+
+    def list(self, prefix: str) -> list[str]:
+        cut = len(self._root)
+        return [k[cut:] for k in self._list_full(prefix)]
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self._list_full(prefix)
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            resp = self._call(
+                "DELETE-MANY",
+                prefix,
+                "delete_objects",
+                Bucket=self.options.bucket,
+                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+            )
+            if resp.get("Errors"):
+                first = resp["Errors"][0]
+                raise StorageError(
+                    f"S3 could not delete {len(resp['Errors'])} keys under {prefix!r} on "
+                    f"{self.description}, e.g. {first.get('Key')!r}: {first.get('Message')}"
+                )
+        return len(keys)
+
+    def close(self) -> None:
+        if self._client_obj is not None and self._pid == os.getpid():
+            self._client_obj.close()
+        self._client_obj = None
+
+
+def _no_credentials_error(where: str) -> ConfigError:
+    return ConfigError(
+        f"no AWS credentials found for {where}: set AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with a config file, or run with an instance role "
+        "(credentials never go in the storage URL)"
+    )
+
+
+def _flag(name: str, value: object) -> bool:
+    text = str(value).lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"S3 storage option {name}={value!r} must be true or false")
+
+
+_NUMBERS = {
+    "max_pool_connections": int,
+    "connect_timeout_s": float,
+    "read_timeout_s": float,
+    "max_attempts": int,
+}
+
+
+def from_url(url: str, **options: object) -> S3Storage:
+    """'s3://bucket[/prefix][?endpoint_url=http://host:port&region=...&create_bucket=true]'.
+
+    Keyword options take the same names as the query (they win over it). Other options:
+    addressing_style ('path' or 'virtual'), max_pool_connections, connect_timeout_s,
+    read_timeout_s, max_attempts.
+    """
+    parsed = urlparse(url)
+    if parsed.scheme != "s3":
+        raise ConfigError(f"S3 storage URL must start with 's3://', got {url!r}")
+    if "@" in parsed.netloc:
+        raise ConfigError(
+            "S3 storage URL must not carry credentials; they come from boto3's standard chain "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role)"
+        )
+    bucket = parsed.netloc
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ConfigError(
+            f"invalid S3 bucket name {bucket!r} in {url.split('?')[0]!r}: use 3-63 lowercase "
+            "letters, digits, '.' and '-', e.g. 's3://my-bucket/funcpipe'"
+        )
+    prefix = parsed.path.strip("/")
+    if prefix:
+        try:
+            validate_key(prefix)
+        except ConfigError as exc:
+            raise ConfigError(f"invalid prefix in S3 storage URL: {exc}") from exc
+    given: dict[str, object] = dict(parse_qsl(parsed.query, keep_blank_values=True))
+    given.update(options)
+    allowed = {"endpoint_url", "region", "create_bucket", "addressing_style", *_NUMBERS}
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown S3 storage option(s) {unknown}; known: {sorted(allowed)} "
+            "(credentials come from the environment, never the URL)"
+        )
+    kwargs: dict[str, Any] = {"bucket": bucket, "prefix": prefix}
+    endpoint = given.get("endpoint_url")
+    if endpoint is not None:
+        endpoint = str(endpoint)
+        ep = urlparse(endpoint)
+        if ep.scheme not in ("http", "https") or not ep.hostname:
+            raise ConfigError(
+                f"S3 endpoint_url must look like 'http://127.0.0.1:9000', got {endpoint!r}"
+            )
+        if ep.username or ep.password:
+            raise ConfigError("S3 endpoint_url must not carry credentials")
+        kwargs["endpoint_url"] = endpoint
+        # Local servers rarely resolve bucket subdomains: address buckets by path there.
+        kwargs["addressing_style"] = "path"
+    if "region" in given:
+        kwargs["region"] = str(given["region"])
+    if "create_bucket" in given:
+        kwargs["create_bucket"] = _flag("create_bucket", given["create_bucket"])
+    if "addressing_style" in given:
+        style = str(given["addressing_style"])
+        if style not in ("path", "virtual", "auto"):
+            raise ConfigError(
+                f"S3 addressing_style must be 'path', 'virtual' or 'auto', got {style!r}"
+            )
+        kwargs["addressing_style"] = style
+    for name, kind in _NUMBERS.items():
+        if name in given:
+            try:
+                value = kind(given[name])
+            except (TypeError, ValueError):
+                value = 0
+            if not value > 0:
+                raise ConfigError(
+                    f"S3 option {name} must be a positive number, got {given[name]!r}"
+                )
+            kwargs[name] = value
+    return S3Storage(S3Options(**kwargs))

@@ -17,6 +17,7 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/python bench/collectives.py
+	$(VENV)/bin/python bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

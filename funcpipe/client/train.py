@@ -82,6 +82,7 @@ def train(
     link: LinkConfig | None = None,
     timeout_s: float = 120.0,
     sync_algorithm: str = "pipelined",
+    overlap: bool = True,
     pricing: Pricing = AWS_LAMBDA,
     progress: bool = True,
     job_id: str | None = None,
@@ -91,6 +92,8 @@ def train(
     The update of every step equals one single-process step of ``optimizer`` on the whole batch
     (micro-batch losses are weighted by their size). ``link`` sets each function's storage
     bandwidth and latency (default: Lambda-like 70 MB/s each way); ``timeout_s`` bounds every wait.
+    ``overlap=False`` makes every transfer block where it is listed (a baseline for measuring what
+    overlapping communication with compute buys; results are identical).
     The input model is left untouched; ``result.model`` is a trained copy.
     """
     if not isinstance(model, nn.Sequential):
@@ -141,6 +144,7 @@ def train(
                     timeout_s=timeout_s,
                     link=link,
                     sync_algorithm=sync_algorithm,
+                    overlap=overlap,
                 )
                 layers = model[stage.start : stage.end]
                 spec = FunctionSpec(name=str(cfg.worker), memory_mb=stage.memory_mb)

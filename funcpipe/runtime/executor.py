@@ -52,6 +52,7 @@ class Executor:
         replicas: int,
         timeout_s: float,
         sync_algorithm: str = "pipelined",
+        overlap: bool = True,
     ) -> None:
         self.worker = worker
         self.actions = actions
@@ -60,6 +61,9 @@ class Executor:
         self.replicas = replicas
         self.timeout_s = timeout_s
         self.sync_algorithm = sync_algorithm
+        # overlap=False waits for every transfer where it is listed: the same schedule without
+        # communication/compute overlap, the baseline that shows what the lanes buy.
+        self.overlap = overlap
         self._lanes = {
             Lane.UPLOAD: ThreadPoolExecutor(1, thread_name_prefix="upload"),
             Lane.DOWNLOAD: ThreadPoolExecutor(1, thread_name_prefix="download"),
@@ -83,9 +87,13 @@ class Executor:
         for a in self.actions:
             if a.lane is Lane.DOWNLOAD:
                 downloads[a] = self._lanes[Lane.DOWNLOAD].submit(self._download, step, a, trace)
+                if not self.overlap:
+                    downloads[a].result(timeout=self.timeout_s + 30)
             elif a.lane is Lane.UPLOAD:
                 value = produced.pop(a)
                 uploads.append(self._lanes[Lane.UPLOAD].submit(self._upload, step, a, value, trace))
+                if not self.overlap:
+                    uploads[-1].result(timeout=self.timeout_s + 30)
             else:
                 self._compute(step, a, arrived, produced, trace)
         for fut in uploads:

@@ -33,6 +33,7 @@ class WorkerConfig:
     timeout_s: float
     link: LinkConfig
     sync_algorithm: str = "pipelined"
+    overlap: bool = True
 
     @property
     def worker(self) -> WorkerId:
@@ -66,6 +67,7 @@ def run_worker(
         replicas=plan.stages[s].replicas,
         timeout_s=cfg.timeout_s,
         sync_algorithm=cfg.sync_algorithm,
+        overlap=cfg.overlap,
     )
     layers.train()
     ok = False

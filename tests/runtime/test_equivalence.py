@@ -125,6 +125,20 @@ def test_uneven_micro_batches_are_exact() -> None:
         torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
 
 
+def test_blocking_transfers_compute_the_same() -> None:
+    """overlap=False (the benchmark baseline) runs the same schedule, so the maths is unchanged."""
+    model, batches = make_model(), make_batches(2)
+    plan = PLANS["3-stages-1-2-3"]
+    loss_fn = nn.CrossEntropyLoss()
+    result = train(
+        model, loss_fn, optimizer=OPTIMIZERS["adam"], batches=batches, plan=plan, steps=2,
+        link=FAST_LINK, progress=False, overlap=False, timeout_s=60,
+    )  # fmt: skip
+    expected, _ = reference(model, loss_fn, OPTIMIZERS["adam"], batches)
+    for p, q in zip(result.model.parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+
+
 def test_naive_sync_is_exact_too() -> None:
     model, batches = make_model(), make_batches(2)
     plan = Plan(stages=[Stage(start=0, end=7, replicas=3)], micro_batches=3)

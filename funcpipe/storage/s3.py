@@ -29,6 +29,8 @@ __all__ = ["S3Options", "S3Storage", "from_url"]
 
 #: DeleteObjects takes at most this many keys per request.
 DELETE_BATCH = 1000
+#: ListObjectsV2 returns at most this many keys per page.
+LIST_PAGE = 1000
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
@@ -185,7 +187,11 @@ class S3Storage(Storage):
         keys: list[str] = []
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"Bucket": self.options.bucket, "Prefix": full}
+            kwargs: dict[str, Any] = {
+                "Bucket": self.options.bucket,
+                "Prefix": full,
+                "MaxKeys": LIST_PAGE,
+            }
             if token:
                 kwargs["ContinuationToken"] = token
             resp = self._call("LIST", prefix, "list_objects_v2", **kwargs)

@@ -12,7 +12,22 @@ from funcpipe.errors import ConfigError
 from funcpipe.storage import LinkConfig, LocalDirStorage, ThrottledStorage
 
 RATE_MB_S = 20.0
-SIZE = 3_000_000  # 0.15 s at 20 MB/s
+SIZE = 6_000_000  # 0.3 s at 20 MB/s
+ATTEMPTS = 3
+
+
+def assert_rate(measure) -> None:
+    """``measure()`` returns measured MB/s (one or several); all must be within +-10 %.
+
+    A loaded machine can only make a transfer slower, never faster, so an attempt that comes out
+    too slow is retried (up to ATTEMPTS); one too fast fails at once.
+    """
+    for _ in range(ATTEMPTS):
+        rates = measure()
+        assert all(r <= RATE_MB_S * 1.10 for r in rates), f"faster than the link: {rates}"
+        if all(r == pytest.approx(RATE_MB_S, rel=0.10) for r in rates):
+            return
+    raise AssertionError(f"{rates} MB/s not within 10 % of {RATE_MB_S} after {ATTEMPTS} tries")
 
 
 def _store(tmp_path: Path, latency: float = 0.0) -> ThrottledStorage:
@@ -27,50 +42,60 @@ def _rate(nbytes: int, seconds: float) -> float:
 def test_upload_and_download_rates_match_link(tmp_path: Path) -> None:
     store = _store(tmp_path)
     data = b"\x01" * SIZE
-    start = time.monotonic()
-    store.put("blob", data)
-    up = _rate(SIZE, time.monotonic() - start)
-    start = time.monotonic()
-    assert store.get("blob") == data
-    down = _rate(SIZE, time.monotonic() - start)
-    assert up == pytest.approx(RATE_MB_S, rel=0.10)
-    assert down == pytest.approx(RATE_MB_S, rel=0.10)
+
+    def measure() -> list[float]:
+        start = time.monotonic()
+        store.put("blob", data)
+        up = _rate(SIZE, time.monotonic() - start)
+        start = time.monotonic()
+        assert store.get("blob") == data
+        return [up, _rate(SIZE, time.monotonic() - start)]
+
+    assert_rate(measure)
 
 
 def test_upload_and_download_run_at_full_rate_simultaneously(tmp_path: Path) -> None:
     store = _store(tmp_path)
     store.put("src", b"\x02" * SIZE)
-    times: dict[str, float] = {}
+    payload = b"\x03" * SIZE
 
-    def timed(name: str, fn) -> None:
-        start = time.monotonic()
-        fn()
-        times[name] = time.monotonic() - start
+    def measure() -> list[float]:
+        times: dict[str, float] = {}
 
-    threads = [
-        threading.Thread(target=timed, args=("up", lambda: store.put("dst", b"\x03" * SIZE))),
-        threading.Thread(target=timed, args=("down", lambda: store.get("src"))),
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert _rate(SIZE, times["up"]) == pytest.approx(RATE_MB_S, rel=0.10)
-    assert _rate(SIZE, times["down"]) == pytest.approx(RATE_MB_S, rel=0.10)
+        def timed(name: str, fn) -> None:
+            start = time.monotonic()
+            fn()
+            times[name] = time.monotonic() - start
+
+        threads = [
+            threading.Thread(target=timed, args=("up", lambda: store.put("dst", payload))),
+            threading.Thread(target=timed, args=("down", lambda: store.get("src"))),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return [_rate(SIZE, times["up"]), _rate(SIZE, times["down"])]
+
+    assert_rate(measure)
 
 
 def test_concurrent_requests_in_one_direction_share_its_rate(tmp_path: Path) -> None:
     store = _store(tmp_path)
     half = SIZE // 2
-    threads = [
-        threading.Thread(target=store.put, args=(f"part/{i}", b"\x04" * half)) for i in range(2)
-    ]
-    start = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert _rate(2 * half, time.monotonic() - start) == pytest.approx(RATE_MB_S, rel=0.10)
+
+    def measure() -> list[float]:
+        threads = [
+            threading.Thread(target=store.put, args=(f"part/{i}", b"\x04" * half)) for i in range(2)
+        ]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return [_rate(2 * half, time.monotonic() - start)]
+
+    assert_rate(measure)
 
 
 def test_latency_is_per_request_and_overlaps(tmp_path: Path) -> None:

@@ -67,7 +67,8 @@ class StageRunner:
         )
         self._inputs[mb] = items
         out = self.layers(items if isinstance(inputs, tuple) else items[0])
-        _check_value(out, f"stage {self.stage}")
+        if not self.is_last:  # only values that cross a cut must be tensors; loss_fn takes any
+            _check_value(out, f"stage {self.stage}")
         self._outputs[mb] = out
         return out
 
@@ -105,27 +106,33 @@ class StageRunner:
         )
 
     def flat_grads(self) -> torch.Tensor:
-        """All parameter gradients as one vector (zeros where a gradient is missing).
+        """All parameter gradients as one vector to sum across replicas.
 
-        float32 unless every parameter is float64, so double-precision models stay exact.
+        A missing gradient counts as zeros, and one flag per parameter (1 if this replica has a
+        gradient) is appended: after the sum, a parameter no replica touched gets ``grad=None``
+        again, so optimizers skip it exactly as single-process PyTorch would. float32 unless
+        every parameter is float64, so double-precision models stay exact.
         """
-        if not self.params:
-            return torch.zeros(0)
         dtype = (
-            torch.float64 if all(p.dtype == torch.float64 for p in self.params) else torch.float32
+            torch.float64
+            if self.params and all(p.dtype == torch.float64 for p in self.params)
+            else torch.float32
         )
-        return torch.cat(
-            [
-                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
-                for p in self.params
-            ]
-        )
+        values = [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+            for p in self.params
+        ]
+        flags = torch.tensor([p.grad is not None for p in self.params], dtype=dtype)
+        return torch.cat([*values, flags])
 
     def set_flat_grads(self, flat: torch.Tensor) -> None:
+        """Inverse of :meth:`flat_grads` after the cross-replica sum."""
+        flags = flat[flat.numel() - len(self.params) :]
         offset = 0
-        for p in self.params:
+        for p, flag in zip(self.params, flags, strict=True):
             n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
+            chunk = flat[offset : offset + n]
+            p.grad = chunk.view_as(p).to(p.dtype).clone() if flag > 0 else None
             offset += n
 
     def step(self) -> float:

@@ -158,3 +158,63 @@ def test_naive_sync_is_exact_too() -> None:
     expected, _ = reference(model, loss_fn, OPTIMIZERS["adam"], batches)
     for p, q in zip(result.model.parameters(), expected.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+
+
+class WithUnused(nn.Module):
+    """A layer holding a parameter that never gets a gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = nn.Linear(4, 4)
+        self.unused = nn.Parameter(torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x)
+
+
+class DictHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.fc(x)}
+
+
+def test_untouched_parameters_are_skipped_like_pytorch_does() -> None:
+    """AdamW would decay a zero gradient; PyTorch skips grad=None, and so must every replica."""
+    torch.manual_seed(0)
+    model = nn.Sequential(WithUnused(), nn.ReLU(), nn.Linear(4, 3))
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g))] * 3
+    plan = Plan(stages=[Stage(start=0, end=2, replicas=2), Stage(start=2, end=3)], micro_batches=4)
+
+    def adamw(p):
+        return torch.optim.AdamW(p, lr=0.01, weight_decay=0.1)
+
+    loss_fn = nn.CrossEntropyLoss()
+    result = train(model, loss_fn, optimizer=adamw, batches=batches, plan=plan, steps=3,
+                   link=FAST_LINK, progress=False, timeout_s=60)  # fmt: skip
+    expected, _ = reference(model, loss_fn, adamw, batches)
+    got = dict(result.model.named_parameters())
+    for name, p in expected.named_parameters():
+        torch.testing.assert_close(got[name], p, rtol=0, atol=1e-6, msg=name)
+    assert torch.equal(got["0.unused"], torch.ones(3))
+
+
+def test_last_stage_may_return_anything_its_loss_accepts() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), DictHead())
+    g = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(6, 4, generator=g), torch.randint(0, 3, (6,), generator=g))] * 2
+
+    def loss_fn(out, y):
+        return nn.functional.cross_entropy(out["logits"], y)
+
+    plan = Plan(stages=[Stage(start=0, end=2), Stage(start=2, end=3)], micro_batches=2)
+    sgd = OPTIMIZERS["sgd-momentum"]
+    result = train(model, loss_fn, optimizer=sgd, batches=batches, plan=plan, steps=2,
+                   link=FAST_LINK, progress=False, timeout_s=60)  # fmt: skip
+    expected, _ = reference(model, loss_fn, sgd, batches)
+    for p, q in zip(result.model.parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)

@@ -6,7 +6,11 @@ given, otherwise from small synthetic files written in exactly those formats int
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,8 @@ from funcpipe.data.wikitext import WikiText2
 from funcpipe.errors import ConfigError
 
 DEMO_MODEL = "cnn"
+COMPLETE = ".complete"  # written last into a synthetic data folder
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def demo_cnn(num_classes: int = 10) -> nn.Sequential:
@@ -49,7 +55,7 @@ def demo_cnn(num_classes: int = 10) -> nn.Sequential:
 class Job:
     model: nn.Sequential
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    batches: Iterable[Batch]
     data_note: str
 
 
@@ -65,39 +71,87 @@ def make_job(name: str, *, batch_size: int, data_dir: str | None, seed: int) -> 
     """Model, loss and an endless stream of global batches for the model called ``name``."""
     torch.manual_seed(seed)
     if name == DEMO_MODEL:
-        model, kind = demo_cnn(), "image"
+        model: nn.Sequential = demo_cnn()
         loss_fn: Callable = nn.CrossEntropyLoss()
     elif name in models.list_models():
         model = models.build(name)
         loss_fn = models.task_for(name).loss_fn
-        kind = "mlm" if name.startswith("bert") else "image"
     else:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
-
-    if kind == "image":
-        where, note = _data_location(data_dir, "cifar10", write_synthetic_cifar10, "CIFAR-10")
-        data = Cifar10.load(where, "train")
-        batches = data.batches(batch_size, seed=seed, epochs=None)
+    if _is_masked_lm(loss_fn):
+        batches, note = _wikitext_batches(model, batch_size, data_dir, seed)
     else:
-        # The tokenizer's vocabulary must fit the model's token embedding (its first Embedding).
-        vocab = next(m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding))
-        where, note = _data_location(
-            data_dir, "wikitext-2", write_synthetic_wikitext2, "Wikitext-2"
-        )
-        text = WikiText2.load(where, "train", seq_len=16, vocab_size=vocab)
-        batches = text.batches(batch_size, seed=seed, epochs=None)
-    return Job(
-        model, loss_fn, batches, f"{note} ({len(data if kind == 'image' else text)} samples)"
-    )
+        batches, note = _cifar10_batches(batch_size, data_dir, seed)
+    return Job(model, loss_fn, batches, note)
+
+
+def _is_masked_lm(loss_fn: Callable) -> bool:
+    """The zoo's task names the data a model eats: masked-LM loss means text, else images."""
+    return loss_fn is models.masked_lm_loss
+
+
+def _cifar10_batches(
+    batch_size: int, data_dir: str | None, seed: int
+) -> tuple[Iterable[Batch], str]:
+    where, note = _data_location(data_dir, "cifar10", write_synthetic_cifar10, "CIFAR-10")
+    data = Cifar10.load(where, "train")
+    return data.batches(batch_size, seed=seed, epochs=None), f"{note} ({len(data)} samples)"
+
+
+def _wikitext_batches(
+    model: nn.Sequential, batch_size: int, data_dir: str | None, seed: int
+) -> tuple[Iterable[Batch], str]:
+    # The tokenizer's vocabulary must fit the model's token embedding (its first Embedding).
+    vocab = next(m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding))
+    where, note = _data_location(data_dir, "wikitext-2", write_synthetic_wikitext2, "Wikitext-2")
+    text = WikiText2.load(where, "train", seq_len=16, vocab_size=vocab)
+    return text.batches(batch_size, seed=seed, epochs=None), f"{note} ({len(text)} samples)"
 
 
 def _data_location(
-    data_dir: str | None, name: str, writer: Callable[..., object], label: str
+    data_dir: str | None, name: str, writer: Callable[[Path], object], label: str
 ) -> tuple[Path, str]:
     if data_dir is not None:
         return Path(data_dir), f"{label} from {data_dir}"
-    where = cache_dir() / f"{name}-synthetic"
-    if not where.exists():
-        where.mkdir(parents=True)
-        writer(where)
+    where = synthetic_cache(cache_dir() / f"{name}-synthetic", writer)
     return where, f"synthetic {label} in the real file format at {where}"
+
+
+def synthetic_cache(where: Path, writer: Callable[[Path], object]) -> Path:
+    """``where``, filled by ``writer`` once; safe against crashes and concurrent first runs.
+
+    The files are written into a fresh sibling folder that is renamed into place only when
+    complete (marked by ``COMPLETE``), so a reader never sees half-written data. A folder without
+    the mark (an interrupted run, or an empty one someone created) is moved aside and replaced;
+    when another process wins the final rename, its identical files are used.
+    """
+    if (where / COMPLETE).is_file():
+        return where
+    where.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{where.name}.", dir=where.parent))
+    try:
+        writer(fresh)
+        (fresh / COMPLETE).touch()
+        for _ in range(3):
+            try:
+                os.rename(fresh, where)  # atomic; replaces an empty folder
+                return where
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            if (where / COMPLETE).is_file():
+                return where  # another process won the race: use its files
+            _discard(where)  # incomplete leftovers of an interrupted run
+        raise ConfigError(
+            f"could not put synthetic data in place at {where}; delete that folder and retry"
+        )
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+
+
+def _discard(folder: Path) -> None:
+    """Move ``folder`` aside atomically (so its name is free at once), then delete it."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+    with contextlib.suppress(FileNotFoundError):  # someone else already moved it
+        os.rename(folder, trash / folder.name)
+    shutil.rmtree(trash, ignore_errors=True)

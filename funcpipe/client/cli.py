@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from funcpipe.runtime.check import check_schedule
 from funcpipe.runtime.schedule import build_schedule, format_schedule
 from funcpipe.storage.throttle import LinkConfig
 
+DEFAULT_MICRO_BATCHES = 4
 OPTIMIZERS = {
     "sgd": lambda lr: lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9),
     "adam": lambda lr: lambda params: torch.optim.Adam(params, lr=lr),
@@ -30,13 +32,31 @@ def cli() -> None:
 
 
 def _plan(plan_file: Path | None, num_layers: int, stages: int, replicas: int, memory_mb: int,
-          micro_batches: int) -> Plan:  # fmt: skip
+          micro_batches: int | None) -> Plan:  # fmt: skip
     if plan_file is not None:
-        return Plan.from_json(plan_file.read_text())
+        plan = Plan.from_json(plan_file.read_text())
+        if micro_batches is not None and micro_batches != plan.micro_batches:
+            raise click.BadParameter(
+                f"is {micro_batches} but {plan_file} sets micro_batches {plan.micro_batches}; "
+                "drop --micro-batches or change the plan file",
+                param_hint="--micro-batches",
+            )
+        return plan
     return Plan.even(
         num_layers, stages=stages, replicas=replicas, memory_mb=memory_mb,
-        micro_batches=micro_batches,
+        micro_batches=DEFAULT_MICRO_BATCHES if micro_batches is None else micro_batches,
     )  # fmt: skip
+
+
+def _check_writable(path: Path | None) -> None:
+    """Fail before training, not after it, when the history cannot be written."""
+    if path is None:
+        return
+    folder = path.parent
+    if not folder.is_dir():
+        raise click.BadParameter(f"folder {folder} does not exist", param_hint="--json-out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"folder {folder} is not writable", param_hint="--json-out")
 
 
 @cli.command("train")
@@ -49,7 +69,12 @@ def _plan(plan_file: Path | None, num_layers: int, stages: int, replicas: int, m
 )
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--micro-batches", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--micro-batches",
+    type=click.IntRange(min=1),
+    help=f"micro-batches per global batch [default: {DEFAULT_MICRO_BATCHES}]; with --plan the "
+    "plan's micro_batches is used, and a different number here is an error",
+)
 @click.option(
     "--stages",
     default=2,
@@ -88,7 +113,12 @@ def _plan(plan_file: Path | None, num_layers: int, stages: int, replicas: int, m
     "default: synthetic files in the same formats",
 )
 @click.option(
-    "--storage", default="local", show_default=True, help="storage URL: local, local:///path, ..."
+    "--storage",
+    default="local",
+    show_default=True,
+    help="storage URL: local (a folder under $FUNCPIPE_STORAGE_DIR, default "
+    "/dev/shm/funcpipe-storage), local:///path, redis://host:port/db, "
+    "s3://bucket/prefix?endpoint_url=... (see docs/storage.md)",
 )
 @click.option(
     "--bandwidth",
@@ -121,14 +151,17 @@ def _plan(plan_file: Path | None, num_layers: int, stages: int, replicas: int, m
     type=click.Path(dir_okay=False, path_type=Path),
     help="write the per-step history as JSON here",
 )
-def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int, stages: int,
+def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int | None, stages: int,
               replicas: int, memory_mb: int, plan_file: Path | None, optimizer: str, lr: float,
               data_dir: str | None, storage: str, bandwidth: float, latency_ms: float,
               no_throttle: bool, sync: str, timeout: float, seed: int,
               json_out: Path | None) -> None:  # fmt: skip
     """Train a model on local emulated functions (default: a small CNN on CIFAR-10 data)."""
+    _check_writable(json_out)
     job = make_job(model_name, batch_size=batch_size, data_dir=data_dir, seed=seed)
     plan = _plan(plan_file, len(job.model), stages, replicas, memory_mb, micro_batches)
+    plan.check_model(len(job.model))  # before printing the stages, so no wrong plan is shown
+    plan.check_batch(batch_size)
     link = LinkConfig(up_mb_s=bandwidth, down_mb_s=bandwidth, latency_s=latency_ms / 1000,
                       enabled=not no_throttle)  # fmt: skip
     params = sum(p.numel() for p in job.model.parameters())
@@ -156,23 +189,43 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int, 
             indent=2))  # fmt: skip
 
 
+def _replica_counts(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    try:
+        counts = [int(r) for r in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a number or a comma-separated list of numbers such as 1,2,3"
+        ) from None
+    if any(c < 1 for c in counts):
+        raise click.BadParameter(f"{value!r}: every stage needs at least 1 replica")
+    return counts
+
+
 @cli.command("schedule")
 @click.option("--stages", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--replicas",
     default="2",
     show_default=True,
-    help="functions per stage, one number or one per stage: 1,2,3",
+    callback=_replica_counts,
+    help="functions per stage: one number for all stages, or one per stage (1,2,3)",
 )
-@click.option("--micro-batches", default=4, show_default=True, type=click.IntRange(min=1))
-def schedule_cmd(stages: int, replicas: str, micro_batches: int) -> None:
+@click.option(
+    "--micro-batches", default=DEFAULT_MICRO_BATCHES, show_default=True, type=click.IntRange(min=1)
+)
+def schedule_cmd(stages: int, replicas: list[int], micro_batches: int) -> None:
     """Print each function's action list for a plan and prove it deadlock-free."""
     from funcpipe.planning.plan import Stage
 
-    counts = [int(r) for r in replicas.split(",")]
-    if len(counts) == 1:
-        counts *= stages
-    plan = Plan(stages=[Stage(start=i, end=i + 1, replicas=d) for i, d in enumerate(counts)],
+    if len(replicas) == 1:
+        replicas = replicas * stages
+    elif len(replicas) != stages:
+        raise click.BadParameter(
+            f"gives {len(replicas)} counts but --stages is {stages}: give one number, "
+            f"or exactly {stages} comma-separated ones",
+            param_hint="--replicas",
+        )
+    plan = Plan(stages=[Stage(start=i, end=i + 1, replicas=d) for i, d in enumerate(replicas)],
                 micro_batches=micro_batches)  # fmt: skip
     sched = build_schedule(plan)
     check_schedule(sched)

@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
-from funcpipe.client.cli import cli
+from funcpipe.client import cli as cli_module
+from funcpipe.client.cli import cli, main
+from funcpipe.errors import FuncPipeError
 
 
 def test_train_demo_learns_and_reports(tmp_path, monkeypatch) -> None:
@@ -52,3 +55,121 @@ def test_bad_input_exits_with_a_clear_message(tmp_path) -> None:
     assert proc.returncode == 1
     assert "data_batch_1.bin is missing" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _main(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """Run the installed entry point in-process: exit code and everything it printed."""
+    monkeypatch.setattr(sys, "argv", ["funcpipe", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+        sys.exit(0)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out + out.err
+
+
+def _plan_file(tmp_path, end: int, micro_batches: int) -> str:
+    path = tmp_path / "plan.json"
+    stages = [{"start": 0, "end": 6, "replicas": 1}, {"start": 6, "end": end, "replicas": 1}]
+    path.write_text(json.dumps({"stages": stages, "micro_batches": micro_batches}))
+    return str(path)
+
+
+class _StopBeforeTraining(FuncPipeError):
+    pass
+
+
+def _fake_train(seen: dict):
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise _StopBeforeTraining("stopped before training")
+
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--replicas", "a"], "'a' is not a number"),
+        (["--replicas", "1,x"], "'1,x' is not a number"),
+        (["--replicas", "1,0"], "at least 1 replica"),
+        (["--stages", "3", "--replicas", "1,2"], "gives 2 counts but --stages is 3"),
+        (["--replicas", "4", "--micro-batches", "2"], "error: invalid Plan"),
+    ],
+)
+def test_schedule_bad_replicas_are_reported_not_raised(args, message, monkeypatch, capsys) -> None:
+    code, out = _main(["schedule", *args], monkeypatch, capsys)
+    assert code in (1, 2) and message in out
+    assert "Traceback" not in out and "stage0-replica0" not in out
+
+
+def test_json_out_in_a_missing_folder_fails_before_training(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(cli_module, "make_job", _unreachable)
+    target = tmp_path / "nonexistent" / "x.json"
+    code, out = _main(["train", "--json-out", str(target)], monkeypatch, capsys)
+    assert code == 2 and "--json-out" in out and "does not exist" in out
+    assert "Traceback" not in out
+
+
+def test_json_out_in_a_read_only_folder_fails_before_training(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(cli_module, "make_job", _unreachable)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # root could write anywhere
+    code, out = _main(["train", "--json-out", str(tmp_path / "x.json")], monkeypatch, capsys)
+    assert code == 2 and f"folder {tmp_path} is not writable" in out
+
+
+def _unreachable(*args, **kwargs):
+    raise AssertionError("the run started although its options were invalid")
+
+
+def test_plan_not_fitting_the_model_prints_no_stages(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("FUNCPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cli_module, "train", _unreachable)
+    plan = _plan_file(tmp_path, end=13, micro_batches=4)
+    code, out = _main(["train", "--plan", plan], monkeypatch, capsys)
+    assert code == 1
+    assert "error: plan covers layers [0, 13) but the model has 12 layers" in out
+    assert "stage 0" not in out and "layers [6, 13)" not in out
+
+
+def test_plan_sets_micro_batches(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("FUNCPIPE_CACHE", str(tmp_path / "cache"))
+    seen: dict = {}
+    monkeypatch.setattr(cli_module, "train", _fake_train(seen))
+    plan = _plan_file(tmp_path, end=12, micro_batches=2)
+    code, out = _main(["train", "--plan", plan], monkeypatch, capsys)
+    assert code == 1 and "stopped before training" in out
+    assert seen["plan"].micro_batches == 2 and "pipeline  2 micro-batches" in out
+
+    code, out = _main(["train", "--plan", plan, "--micro-batches", "2"], monkeypatch, capsys)
+    assert code == 1 and "stopped before training" in out
+
+
+def test_micro_batches_contradicting_the_plan_is_an_error(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("FUNCPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cli_module, "train", _unreachable)
+    plan = _plan_file(tmp_path, end=12, micro_batches=2)
+    code, out = _main(["train", "--plan", plan, "--micro-batches", "8"], monkeypatch, capsys)
+    assert code == 2 and "--micro-batches" in out and "sets micro_batches 2" in out
+    assert "stage 0" not in out
+
+
+def test_without_a_plan_micro_batches_defaults_to_four(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("FUNCPIPE_CACHE", str(tmp_path / "cache"))
+    seen: dict = {}
+    monkeypatch.setattr(cli_module, "train", _fake_train(seen))
+    code, _ = _main(["train"], monkeypatch, capsys)
+    assert code == 1 and seen["plan"].micro_batches == 4
+    code, _ = _main(["train", "--micro-batches", "8"], monkeypatch, capsys)
+    assert code == 1 and seen["plan"].micro_batches == 8
+
+
+def test_help_lists_the_real_storage_urls_and_the_plan_rule() -> None:
+    result = CliRunner().invoke(cli, ["train", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for url in ("local (", "local:///path", "redis://host:port/db", "s3://bucket/prefix"):
+        assert url in text
+    assert "memory" not in text.split("--storage", 1)[1].split("--bandwidth")[0]
+    assert "with --plan the plan's micro_batches is used" in text

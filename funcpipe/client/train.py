@@ -8,10 +8,16 @@ its storage keys deleted.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import math
+import signal
+import sys
+import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +40,7 @@ from funcpipe.runtime.worker import WorkerConfig, run_worker
 from funcpipe.storage import open_storage
 from funcpipe.storage.base import Storage
 from funcpipe.storage.prefixed import PrefixedStorage
-from funcpipe.storage.throttle import LinkConfig
+from funcpipe.storage.throttle import LinkConfig, ThrottledStorage
 
 Batch = tuple[Any, Any]
 
@@ -107,28 +113,41 @@ def train(
     _check_no_shared_parameters(model, plan)
     if sync_algorithm not in ("naive", "pipelined"):
         raise ConfigError(f"sync_algorithm must be 'naive' or 'pipelined', got {sync_algorithm!r}")
-    if timeout_s <= 0:
-        raise ConfigError(f"timeout_s must be positive, got {timeout_s}")
+    if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
+        raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     steps = _resolve_steps(steps, batches)
     schedule = build_schedule(plan)
     check_schedule(schedule)
     job_id = job_id or uuid.uuid4().hex[:12]
     link = link or LinkConfig()
-
     _warm_up(optimizer)
+
     root = open_storage(storage)
-    if not root.shared_across_processes:
-        root.close()
-        raise ConfigError(
-            f"storage {storage!r} lives inside one process, but every function runs in its own: "
-            "use storage='local' (a shared directory) or a server such as redis:// or s3://"
-        )
-    jobs = PrefixedStorage(root, keys.job_prefix(job_id))
-    own_platform = isinstance(platform, str)
-    plat = _make_platform(platform) if isinstance(platform, str) else platform
-    feeder = _Feeder(iter(batches), plan, jobs, steps)
-    invocations: dict[WorkerId, Invocation] = {}
-    try:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(root.close)
+        if not root.shared_across_processes:
+            raise ConfigError(
+                f"storage {storage!r} lives inside one process, but every function runs in its "
+                "own: use storage='local' (a shared directory) or a server such as redis:// or "
+                "s3://"
+            )
+        prefix = keys.job_prefix(job_id)
+        if root.list(prefix):
+            raise ConfigError(
+                f"storage already holds objects under {prefix!r}: job_id {job_id!r} is in use or "
+                "was left by a killed run; pick another job_id (or delete that prefix)"
+            )
+        # The client's own requests (data, reports, weights) are priced too: count them.
+        jobs = ThrottledStorage(PrefixedStorage(root, prefix), LinkConfig(enabled=False))
+        cleanup.callback(_delete_job, root, prefix)
+        plat = _make_platform(platform) if isinstance(platform, str) else platform
+        if isinstance(platform, str):
+            cleanup.callback(plat.close)
+        invocations: dict[WorkerId, Invocation] = {}
+        cleanup.callback(lambda: [plat.cancel(inv) for inv in invocations.values()])
+        cleanup.enter_context(_sigterm_as_interrupt())
+
+        feeder = _Feeder(iter(batches), plan, jobs, steps)
         # Data for the first two steps is in storage before any function starts.
         feeder.feed(0)
         feeder.feed(1)
@@ -154,14 +173,22 @@ def train(
         monitor = _Monitor(plat, invocations, plan, jobs, timeout_s)
         history: list[StepStats] = []
         reports: list[list[dict[str, Any]]] = []
-        bar = tqdm(total=steps, desc="training", unit="step", disable=not progress)
-        try:
+        with tqdm(total=steps, desc="training", unit="step", disable=not progress) as bar:
             for t in range(steps):
+                client_before = jobs.stats.snapshot()
                 step_reports = monitor.wait_all(
                     [keys.report(t, s, r) for s, r in invocations], f"step {t}"
                 )
                 feeder.feed(t + 2)
-                stats = _step_stats(t, step_reports, plan, pricing)
+                client = jobs.stats.snapshot()
+                stats = _step_stats(
+                    t,
+                    step_reports,
+                    plan,
+                    pricing,
+                    client_puts=client.puts - client_before.puts,
+                    client_gets=client.gets - client_before.gets,
+                )
                 if t == 0:
                     stats = _add_cost(stats, pricing.invocation_cost(plan))
                 history.append(stats)
@@ -172,8 +199,6 @@ def train(
                     cost=f"${sum(h.cost_usd for h in history):.5f}",
                 )
                 bar.update(1)
-        finally:
-            bar.close()
         finals = monitor.wait_all(
             [keys.final_state(s) for s in range(plan.num_stages)], "final weights", raw=True
         )
@@ -183,13 +208,35 @@ def train(
         for stage, data in zip(plan.stages, finals, strict=True):
             trained[stage.start : stage.end].load_state_dict(load_tensors(data))
         return TrainResult(trained, history, plan, job_id, reports)
+    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
+
+
+def _delete_job(root: Storage, prefix: str) -> None:
+    """Delete the job's keys; a failure here must not hide the error that ended the job."""
+    in_flight = sys.exc_info()[1]
+    try:
+        root.delete_prefix(prefix)
+    except Exception as exc:
+        if in_flight is None:
+            raise
+        warnings.warn(f"could not delete {prefix!r} after a failure: {exc}", stacklevel=2)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while training, so cleanup runs on `kill` too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
     finally:
-        for inv in invocations.values():
-            plat.cancel(inv)
-        if own_platform:
-            plat.close()
-        root.delete_prefix(keys.job_prefix(job_id))
-        root.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_no_shared_parameters(model: nn.Sequential, plan: Plan) -> None:
@@ -219,6 +266,15 @@ def _resolve_steps(steps: int | None, batches: Iterable[Batch]) -> int:
             raise ConfigError("steps is not set and batches has no len(); pass steps=N") from None
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+    try:
+        available = len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return steps  # a stream: running out is reported when it happens
+    if available < steps:
+        raise ConfigError(
+            f"steps={steps} but batches holds only {available}: pass steps <= {available} "
+            "or more batches"
+        )
     return steps
 
 
@@ -229,14 +285,20 @@ def _warm_up(optimizer: OptimizerFactory) -> None:
     functions are forked means each of them starts with those imports already done.
     """
     dummy = nn.Parameter(torch.zeros(1))
-    opt = optimizer([dummy])
+    try:
+        opt = optimizer([dummy])
+    except Exception as exc:
+        raise ConfigError(f"the optimizer factory failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(opt, torch.optim.Optimizer):
         raise ConfigError(
             "optimizer must be a factory returning a torch.optim.Optimizer, e.g. "
             "optimizer=lambda params: torch.optim.Adam(params, lr=1e-3)"
         )
     dummy.grad = torch.zeros(1)
-    opt.step()
+    try:
+        opt.step()
+    except Exception as exc:
+        raise ConfigError(f"the optimizer's step failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _make_platform(name: str) -> Platform:
@@ -299,13 +361,12 @@ class _Feeder:
             raise ConfigError(f"batch {step}: inputs and targets have different batch sizes")
         self.plan.check_batch(n)
         m = self.plan.micro_batches
-        last = self.plan.num_stages - 1
         for b, (x, y) in enumerate(zip(_split(inputs, m), _split(targets, m), strict=True)):
             size = _batch_size(x, "micro-batch")
             self.jobs.put(keys.transfer(step, Channel("input", -1, b)), codec.encode(x))
             self.jobs.put(
                 keys.transfer(step, Channel("target", -1, b)),
-                codec.encode(y, {"weight": repr(size / n), "stage": str(last)}),
+                codec.encode(y, {"weight": repr(size / n)}),
             )
 
 
@@ -352,28 +413,31 @@ class _Monitor:
         )
 
     def wait_all(self, wanted: list[str], what: str, *, raw: bool = False) -> list[Any]:
-        """Read every key in ``wanted`` (in order) once it exists; fail fast on a dead function."""
-        found: dict[str, Any] = {}
-        deadline = time.monotonic() + self.timeout_s + 30
+        """Read and delete every key in ``wanted`` once it exists; fail fast on a dead function.
+
+        Only the first missing key is polled (keys tend to appear in order), which keeps the
+        number of billable requests per poll at one.
+        """
+        found: list[Any] = []
+        patience = self.timeout_s + 30
+        deadline = time.monotonic() + patience
         while len(found) < len(wanted):
             self.check_health()
-            progressed = False
-            for key in wanted:
-                if key not in found and self.jobs.exists(key):
-                    data = self.jobs.get(key)
-                    found[key] = data if raw else json.loads(data)
-                    progressed = True
-            if progressed:
-                deadline = time.monotonic() + self.timeout_s + 30
+            key = wanted[len(found)]
+            if self.jobs.exists(key):
+                data = self.jobs.get(key)
+                self.jobs.delete(key)
+                found.append(data if raw else json.loads(data))
+                deadline = time.monotonic() + patience
             elif time.monotonic() > deadline:
-                missing = [k for k in wanted if k not in found]
+                missing = ", ".join(wanted[len(found) :])
                 raise StorageTimeout(
-                    f"no progress on {what} for {self.timeout_s + 30:.0f} s; still waiting for "
-                    f"{', '.join(missing)}. Raise timeout_s if steps are this slow."
+                    f"no progress on {what} for {patience:.0f} s; still waiting for {missing}. "
+                    "Raise timeout_s if steps are this slow."
                 )
             else:
                 time.sleep(self.POLL_S)
-        return [found[k] for k in wanted]
+        return found
 
     def join(self, inv: Invocation) -> None:
         state = self.platform.join(inv, timeout=self.timeout_s)
@@ -382,13 +446,21 @@ class _Monitor:
             raise self._failure(worker, state)
 
 
-def _step_stats(t: int, reports: list[dict[str, Any]], plan: Plan, pricing: Pricing) -> StepStats:
+def _step_stats(
+    t: int,
+    reports: list[dict[str, Any]],
+    plan: Plan,
+    pricing: Pricing,
+    *,
+    client_puts: int = 0,
+    client_gets: int = 0,
+) -> StepStats:
     start = min(r["start"] for r in reports)
     end = max(r["end"] for r in reports)
     last = plan.num_stages - 1
     loss = sum(r["loss"] for r in reports if r["stage"] == last)
-    puts = sum(r["traffic"].get("puts", 0) for r in reports)
-    gets = sum(r["traffic"].get("gets", 0) for r in reports)
+    puts = client_puts + sum(r["traffic"].get("puts", 0) for r in reports)
+    gets = client_gets + sum(r["traffic"].get("gets", 0) for r in reports)
     cost = pricing.compute_cost(plan, end - start) + pricing.request_cost(puts, gets)
     return StepStats(
         step=t,

@@ -99,17 +99,20 @@ def test_bad_inputs_get_clear_errors(tmp_path) -> None:
         )
     with pytest.raises(ConfigError, match="only 8 samples"):
         run(model, Plan(stages=[Stage(start=0, end=2, replicas=1)], micro_batches=9), tmp_path)
+    two = [(torch.randn(8, 4), torch.randn(8, 2))] * 2
+    sgd = lambda p: torch.optim.SGD(p, lr=0.1)  # noqa: E731
+    one_stage = Plan(stages=[Stage(start=0, end=2)])
+    common = dict(plan=one_stage, storage=f"local://{tmp_path}", progress=False)
+    with pytest.raises(ConfigError, match="steps=3 but batches holds only 2"):
+        train(model, nn.MSELoss(), optimizer=sgd, batches=two, steps=3, **common)
     with pytest.raises(ConfigError, match="batches ran out after 2 steps"):
-        train(
-            model,
-            nn.MSELoss(),
-            optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
-            batches=[(torch.randn(8, 4), torch.randn(8, 2))] * 2,
-            plan=Plan(stages=[Stage(start=0, end=2)]),
-            steps=3,
-            storage=f"local://{tmp_path}",
-            progress=False,
-        )
+        train(model, nn.MSELoss(), optimizer=sgd, batches=iter(two), steps=3, **common)
+    with pytest.raises(ConfigError, match="optimizer factory failed: ValueError"):
+        bad_lr = lambda p: torch.optim.SGD(p, lr=-1)  # noqa: E731
+        train(model, nn.MSELoss(), optimizer=bad_lr, batches=two, steps=1, **common)
+    with pytest.raises(ConfigError, match="timeout_s must be a positive number"):
+        train(model, nn.MSELoss(), optimizer=sgd, batches=two, steps=1, timeout_s=float("nan"),
+              **common)  # fmt: skip
     with pytest.raises(ConfigError, match="lives inside one process"):
         train(model, nn.MSELoss(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
               batches=[(torch.randn(8, 4), torch.randn(8, 2))],
@@ -126,3 +129,57 @@ def test_plan_that_cuts_tied_weights_is_refused(tmp_path) -> None:
         run(model, Plan(stages=[Stage(start=0, end=2), Stage(start=2, end=4)]), tmp_path)
     # Within one stage the tie is fine.
     run(model, Plan(stages=[Stage(start=0, end=3), Stage(start=3, end=4)]), tmp_path)
+
+
+def test_a_job_id_in_use_is_refused(tmp_path) -> None:
+    LocalDirStorage(tmp_path).put("jobs/taken/step0/report/s0r0", b"{}")
+    model = nn.Sequential(nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match="job_id 'taken' is in use"):
+        run(model, Plan(stages=[Stage(start=0, end=1)]), tmp_path, job_id="taken")
+    # Nothing of the other job was touched.
+    assert LocalDirStorage(tmp_path).list("") == ["jobs/taken/step0/report/s0r0"]
+
+
+SIGTERM_SCRIPT = """
+import sys, torch
+from torch import nn
+from funcpipe import LinkConfig, Plan, Stage, train
+
+class Slow(nn.Module):
+    def forward(self, x):
+        import time; time.sleep(0.2)
+        return x
+
+model = nn.Sequential(nn.Linear(4, 4), Slow(), nn.Linear(4, 2))
+plan = Plan(stages=[Stage(start=0, end=2), Stage(start=2, end=3)], micro_batches=2)
+batches = [(torch.randn(8, 4), torch.randn(8, 2))] * 200
+print("ready", flush=True)
+train(model, nn.MSELoss(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1), batches=batches,
+      plan=plan, storage=sys.argv[1], link=LinkConfig(latency_s=0.0), progress=False)
+"""
+
+
+def test_sigterm_stops_the_job_and_deletes_its_keys(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    store = LocalDirStorage(tmp_path / "store")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_SCRIPT, f"local://{tmp_path / 'store'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while not store.list(""):  # the client has fed the first steps
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        time.sleep(1.0)  # functions are running
+        assert proc.poll() is None and store.list("")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert store.list("") == []

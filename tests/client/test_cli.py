@@ -173,3 +173,13 @@ def test_help_lists_the_real_storage_urls_and_the_plan_rule() -> None:
         assert url in text
     assert "memory" not in text.split("--storage", 1)[1].split("--bandwidth")[0]
     assert "with --plan the plan's micro_batches is used" in text
+
+
+def test_an_optimizer_rejecting_its_options_is_an_error_not_a_traceback(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("FUNCPIPE_CACHE", str(tmp_path / "cache"))
+    args = ["train", "--lr", "-1", "--steps", "1", "--storage", f"local://{tmp_path / 'store'}"]
+    code, out = _main(args, monkeypatch, capsys)
+    assert code == 1 and "error:" in out and "learning rate" in out
+    assert "Traceback" not in out and " step " not in out

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -311,7 +311,7 @@ def _make_platform(name: str) -> Platform:
 
 def _worker_target(
     cfg: WorkerConfig, layers: nn.Module, loss_fn: LossFn, optimizer: OptimizerFactory
-):  # noqa: ANN202 - a closure handed to the platform
+) -> Callable[[], None]:
     def target() -> None:
         run_worker(cfg, layers, loss_fn, optimizer)
 

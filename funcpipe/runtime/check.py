@@ -36,6 +36,7 @@ Node = tuple[WorkerId, Action]
 def check_schedule(schedule: Schedule) -> list[Node]:
     """Raise ScheduleError if ``schedule`` can deadlock; return a valid execution order."""
     _check_duplicates(schedule)
+    _check_producers_first(schedule)
     uploads = _check_channels(schedule)
     edges = _edges(schedule, uploads)
     return _topological_order(schedule, edges)
@@ -46,6 +47,20 @@ def _check_duplicates(schedule: Schedule) -> None:
         dup = [a for a, n in Counter(actions).items() if n > 1]
         if dup:
             raise ScheduleError(f"{worker} lists {dup[0]} more than once")
+
+
+def _check_producers_first(schedule: Schedule) -> None:
+    """An upload is queued when the walk reaches it, so what it sends must already exist."""
+    for worker, actions in schedule.items():
+        for i, a in enumerate(actions):
+            if a.lane is not Lane.UPLOAD:
+                continue
+            for dep in local_deps(a, actions):
+                if actions.index(dep) > i:
+                    raise ScheduleError(
+                        f"{worker} lists {a} before {dep}, which produces what it uploads: "
+                        f"move {a} after {dep}"
+                    )
 
 
 def _check_channels(schedule: Schedule) -> dict[Channel, Node]:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 from funcpipe import codec
+from funcpipe.errors import StorageTimeout
 from funcpipe.platforms.base import set_activity
 from funcpipe.runtime import keys
 from funcpipe.runtime.collectives import all_reduce
@@ -81,27 +84,45 @@ class Executor:
         produced: dict[Action, Any] = {}  # compute results waiting to be uploaded
 
         def arrived(op: Op, mb: int | None) -> tuple[Any, dict[str, str]]:
-            fut = downloads.pop(Action(op, self.worker.stage, mb))
-            return fut.result(timeout=self.timeout_s + 30)
+            a = Action(op, self.worker.stage, mb)
+            return self._await(downloads.pop(a), a)
 
         for a in self.actions:
             if a.lane is Lane.DOWNLOAD:
                 downloads[a] = self._lanes[Lane.DOWNLOAD].submit(self._download, step, a, trace)
                 if not self.overlap:
-                    downloads[a].result(timeout=self.timeout_s + 30)
+                    self._await(downloads[a], a)
             elif a.lane is Lane.UPLOAD:
                 value = produced.pop(a)
                 uploads.append(self._lanes[Lane.UPLOAD].submit(self._upload, step, a, value, trace))
                 if not self.overlap:
-                    uploads[-1].result(timeout=self.timeout_s + 30)
+                    self._await(uploads[-1], a)
             else:
                 self._compute(step, a, arrived, produced, trace)
-        for fut in uploads:
-            fut.result(timeout=self.timeout_s + 30)
+        for fut, a in zip(uploads, [a for a in self.actions if a.lane is Lane.UPLOAD], strict=True):
+            self._await(fut, a)
         trace.end = time.time()
         return trace
 
-    def _compute(self, step, a, arrived, produced, trace) -> None:  # noqa: ANN001 - internal
+    def _await(self, fut: Future[Any], action: Action) -> Any:
+        """Result of a lane's transfer. Each storage wait has its own timeout; a lane may hold
+        every transfer of the step ahead of this one, hence the bound."""
+        bound = self.timeout_s * (len(self.actions) + 1) + 30
+        try:
+            return fut.result(timeout=bound)
+        except FutureTimeout:
+            raise StorageTimeout(
+                f"{self.worker}: {action} did not finish within {bound:.0f} s"
+            ) from None
+
+    def _compute(
+        self,
+        step: int,
+        a: Action,
+        arrived: Callable[[Op, int | None], tuple[Any, dict[str, str]]],
+        produced: dict[Action, Any],
+        trace: StepTrace,
+    ) -> None:
         s, b, runner = a.stage, a.micro_batch, self.runner
         if a.op is Op.FORWARD:
             value, _ = arrived(Op.LOAD_INPUT if runner.is_first else Op.RECV_ACT, b)

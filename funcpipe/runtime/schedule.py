@@ -105,7 +105,8 @@ class Channel(NamedTuple):
 def channel(action: Action) -> Channel:
     """The channel an upload writes or a download reads."""
     op, s, b = action.op, action.stage, action.micro_batch
-    assert b is not None, f"{action} is not a transfer"
+    if b is None:
+        raise ValueError(f"{action} is not a transfer")
     if op in (Op.PUT_INPUT, Op.LOAD_INPUT):
         return Channel("input", -1, b)
     if op in (Op.PUT_TARGET, Op.LOAD_TARGET):

@@ -6,6 +6,7 @@ stage's layers, loss function and optimizer factory, so a cloud backend only has
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass
 
@@ -48,50 +49,62 @@ def run_worker(
 ) -> None:
     """Train ``layers`` (this function's stage) for ``cfg.steps`` steps."""
     plan = Plan.from_json(cfg.plan_json)
-    link = ThrottledStorage(open_storage(cfg.storage_url), cfg.link)
-    storage = PrefixedStorage(link, keys.job_prefix(cfg.job_id))
     s = cfg.stage
-    runner = StageRunner(
-        layers,
-        stage=s,
-        is_first=s == 0,
-        is_last=s == plan.num_stages - 1,
-        loss_fn=loss_fn,
-        optimizer=optimizer,
-    )
-    executor = Executor(
-        cfg.worker,
-        build_schedule(plan)[cfg.worker],
-        runner,
-        storage,
-        replicas=plan.stages[s].replicas,
-        timeout_s=cfg.timeout_s,
-        sync_algorithm=cfg.sync_algorithm,
-        overlap=cfg.overlap,
-    )
-    layers.train()
-    ok = False
-    try:
-        for step in range(cfg.steps):
-            before = link.stats.snapshot().as_dict()
-            trace = executor.run_step(step)
-            after = link.stats.as_dict()
-            report = {
-                "step": step,
-                "stage": s,
-                "replica": cfg.replica,
-                "start": trace.start,
-                "end": trace.end,
-                "loss": trace.loss,
-                "spans": trace.spans,
-                "traffic": {k: after[k] - before[k] for k in after},
-            }
-            storage.put(keys.report(step, s, cfg.replica), json.dumps(report).encode())
-        if cfg.replica == 0:
-            state = {k: v.detach().clone().contiguous() for k, v in layers.state_dict().items()}
-            storage.put(keys.final_state(s), save_tensors(state))
-        ok = True
-    finally:
-        # After a failure a lane may be blocked waiting for a peer: do not wait for it.
-        executor.close(wait=ok)
-        storage.close()
+    with contextlib.ExitStack() as stack:
+        inner = open_storage(cfg.storage_url)
+        stack.callback(inner.close)  # the wrappers below do not close what they wrap
+        link = ThrottledStorage(inner, cfg.link)
+        storage = PrefixedStorage(link, keys.job_prefix(cfg.job_id))
+        runner = StageRunner(
+            layers,
+            stage=s,
+            is_first=s == 0,
+            is_last=s == plan.num_stages - 1,
+            loss_fn=loss_fn,
+            optimizer=optimizer,
+        )
+        executor = Executor(
+            cfg.worker,
+            build_schedule(plan)[cfg.worker],
+            runner,
+            storage,
+            replicas=plan.stages[s].replicas,
+            timeout_s=cfg.timeout_s,
+            sync_algorithm=cfg.sync_algorithm,
+            overlap=cfg.overlap,
+        )
+        layers.train()
+        try:
+            _train_steps(cfg, executor, link, storage, layers)
+        except BaseException:
+            executor.close(wait=False)  # a lane may be blocked waiting for a failed peer
+            raise
+        executor.close()
+
+
+def _train_steps(
+    cfg: WorkerConfig,
+    executor: Executor,
+    link: ThrottledStorage,
+    storage: PrefixedStorage,
+    layers: nn.Module,
+) -> None:
+    s = cfg.stage
+    for step in range(cfg.steps):
+        before = link.stats.snapshot().as_dict()
+        trace = executor.run_step(step)
+        after = link.stats.as_dict()
+        report = {
+            "step": step,
+            "stage": s,
+            "replica": cfg.replica,
+            "start": trace.start,
+            "end": trace.end,
+            "loss": trace.loss,
+            "spans": trace.spans,
+            "traffic": {k: after[k] - before[k] for k in after},
+        }
+        storage.put(keys.report(step, s, cfg.replica), json.dumps(report).encode())
+    if cfg.replica == 0:
+        state = {k: v.detach().clone().contiguous() for k, v in layers.state_dict().items()}
+        storage.put(keys.final_state(s), save_tensors(state))

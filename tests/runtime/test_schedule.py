@@ -112,6 +112,15 @@ def test_checker_catches_a_compute_before_its_data_in_walk_order() -> None:
         check_schedule(sched)
 
 
+def test_checker_catches_an_upload_listed_before_its_producer() -> None:
+    sched = build_schedule(plan_2x2())
+    acts = sched[WorkerId(0, 0)]
+    acts.remove(A(Op.SEND_ACT, 0, 0))
+    acts.insert(0, A(Op.SEND_ACT, 0, 0))
+    with pytest.raises(ScheduleError, match="lists send_act mb0@s0 before forward mb0@s0"):
+        check_schedule(sched)
+
+
 def test_checker_catches_a_missing_sync_replica() -> None:
     sched = build_schedule(plan_2x2())
     sched[WorkerId(0, 1)].remove(A(Op.SYNC, 0))

@@ -73,21 +73,18 @@ def make_job(name: str, *, batch_size: int, data_dir: str | None, seed: int) -> 
     if name == DEMO_MODEL:
         model: nn.Sequential = demo_cnn()
         loss_fn: Callable = nn.CrossEntropyLoss()
+        kind = "image"
     elif name in models.list_models():
         model = models.build(name)
         loss_fn = models.task_for(name).loss_fn
+        kind = models.kind_of(name)
     else:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
-    if _is_masked_lm(loss_fn):
+    if kind == "mlm":
         batches, note = _wikitext_batches(model, batch_size, data_dir, seed)
     else:
         batches, note = _cifar10_batches(batch_size, data_dir, seed)
     return Job(model, loss_fn, batches, note)
-
-
-def _is_masked_lm(loss_fn: Callable) -> bool:
-    """The zoo's task names the data a model eats: masked-LM loss means text, else images."""
-    return loss_fn is models.masked_lm_loss
 
 
 def _cifar10_batches(

@@ -93,6 +93,11 @@ def _builder_options(spec: ModelSpec, options: dict[str, Any]) -> dict[str, Any]
     return {**spec.defaults, **options}
 
 
+def kind_of(name: str) -> str:
+    """The data a zoo model trains on: "image" (CIFAR-10-shaped) or "mlm" (token ids)."""
+    return _spec(name).kind
+
+
 def build(name: str, **options: Any) -> nn.Sequential:
     """Build zoo model `name` as an nn.Sequential whose every boundary is a legal cut.
 

@@ -206,3 +206,15 @@ def test_layer_summary_matches_a_real_forward() -> None:
     tied = build("bert-large", layers=1, hidden=8, heads=2, vocab_size=20)
     rows = layer_summary(tied, torch.zeros(1, 4, dtype=torch.int64))
     assert sum(r.params for r in rows) == sum(p.numel() for p in tied.parameters())
+
+
+def test_kind_of_names_the_data_each_model_trains_on() -> None:
+    from funcpipe.models import kind_of
+
+    assert {n: kind_of(n) for n in ("resnet101", "amoebanet-d36-small", "bert-large-small")} == {
+        "resnet101": "image",
+        "amoebanet-d36-small": "image",
+        "bert-large-small": "mlm",
+    }
+    with pytest.raises(ConfigError, match="unknown model"):
+        kind_of("vgg")

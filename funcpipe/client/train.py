@@ -373,7 +373,7 @@ class _Feeder:
 class _Monitor:
     """Waits for keys while watching every function, so a dead one fails the job at once."""
 
-    POLL_S = 0.02
+    POLL_S = 0.05  # the client is not on the critical path: data is fed two steps ahead
 
     def __init__(
         self,

@@ -79,85 +79,57 @@ def reference(model, loss_fn, make_opt, batches):
     return model, losses
 
 
+def assert_trains_like_pytorch(
+    model: nn.Module,
+    batches: list,
+    plan: Plan,
+    *,
+    optimizer=OPTIMIZERS["sgd-momentum"],
+    loss_fn=None,
+    atol: float = 1e-5,
+    **train_options,
+):
+    """Train with FuncPipe and in one process; every parameter and loss must agree."""
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    result = train(
+        model, loss_fn, optimizer=optimizer, batches=batches, plan=plan, steps=len(batches),
+        link=FAST_LINK, progress=False, timeout_s=60, **train_options,
+    )  # fmt: skip
+    expected, losses = reference(model, loss_fn, optimizer, batches)
+    got = dict(result.model.named_parameters())
+    assert got.keys() == dict(expected.named_parameters()).keys()
+    for name, p in expected.named_parameters():
+        torch.testing.assert_close(got[name], p, rtol=0, atol=atol, msg=name)
+    assert [h.loss for h in result.history] == pytest.approx(losses, abs=atol)
+    return result
+
+
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 @pytest.mark.parametrize("plan_name", list(PLANS))
 def test_pipeline_equals_single_process(plan_name: str, opt_name: str) -> None:
-    model, batches = make_model(), make_batches(3)
-    loss_fn = nn.CrossEntropyLoss()
-    result = train(
-        model,
-        loss_fn,
-        optimizer=OPTIMIZERS[opt_name],
-        batches=batches,
-        plan=PLANS[plan_name],
-        steps=3,
-        link=FAST_LINK,
-        progress=False,
-        timeout_s=60,
-    )
-    expected, losses = reference(model, loss_fn, OPTIMIZERS[opt_name], batches)
-    got = dict(result.model.named_parameters())
-    for name, p in expected.named_parameters():
-        torch.testing.assert_close(got[name], p, rtol=0, atol=1e-5, msg=name)
-    assert [h.loss for h in result.history] == pytest.approx(losses, abs=1e-5)
+    model = make_model()
+    assert_trains_like_pytorch(model, make_batches(3), PLANS[plan_name],
+                               optimizer=OPTIMIZERS[opt_name])  # fmt: skip
     # The input model is left as it was.
     torch.testing.assert_close(model[0].weight, make_model()[0].weight)
 
 
 def test_uneven_micro_batches_are_exact() -> None:
     """11 samples in 4 micro-batches (3, 3, 3, 2): weights by size keep the update exact."""
-    model, batches = make_model(), make_batches(2, batch=11)
     plan = Plan(stages=[Stage(start=0, end=4, replicas=2), Stage(start=4, end=7)], micro_batches=4)
-    loss_fn = nn.CrossEntropyLoss()
-    result = train(
-        model,
-        loss_fn,
-        optimizer=OPTIMIZERS["sgd-momentum"],
-        batches=batches,
-        plan=plan,
-        steps=2,
-        link=FAST_LINK,
-        progress=False,
-        timeout_s=60,
-    )
-    expected, _ = reference(model, loss_fn, OPTIMIZERS["sgd-momentum"], batches)
-    for (name, p), q in zip(result.model.named_parameters(), expected.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
+    assert_trains_like_pytorch(make_model(), make_batches(2, batch=11), plan)
 
 
 def test_blocking_transfers_compute_the_same() -> None:
     """overlap=False (the benchmark baseline) runs the same schedule, so the maths is unchanged."""
-    model, batches = make_model(), make_batches(2)
-    plan = PLANS["3-stages-1-2-3"]
-    loss_fn = nn.CrossEntropyLoss()
-    result = train(
-        model, loss_fn, optimizer=OPTIMIZERS["adam"], batches=batches, plan=plan, steps=2,
-        link=FAST_LINK, progress=False, overlap=False, timeout_s=60,
-    )  # fmt: skip
-    expected, _ = reference(model, loss_fn, OPTIMIZERS["adam"], batches)
-    for p, q in zip(result.model.parameters(), expected.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+    assert_trains_like_pytorch(make_model(), make_batches(2), PLANS["3-stages-1-2-3"],
+                               optimizer=OPTIMIZERS["adam"], overlap=False)  # fmt: skip
 
 
 def test_naive_sync_is_exact_too() -> None:
-    model, batches = make_model(), make_batches(2)
     plan = Plan(stages=[Stage(start=0, end=7, replicas=3)], micro_batches=3)
-    loss_fn = nn.CrossEntropyLoss()
-    result = train(
-        model,
-        loss_fn,
-        optimizer=OPTIMIZERS["adam"],
-        batches=batches,
-        plan=plan,
-        steps=2,
-        link=FAST_LINK,
-        progress=False,
-        sync_algorithm="naive",
-        timeout_s=60,
-    )
-    expected, _ = reference(model, loss_fn, OPTIMIZERS["adam"], batches)
-    for p, q in zip(result.model.parameters(), expected.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+    assert_trains_like_pytorch(make_model(), make_batches(2), plan, optimizer=OPTIMIZERS["adam"],
+                               sync_algorithm="naive")  # fmt: skip
 
 
 class WithUnused(nn.Module):
@@ -192,14 +164,8 @@ def test_untouched_parameters_are_skipped_like_pytorch_does() -> None:
     def adamw(p):
         return torch.optim.AdamW(p, lr=0.01, weight_decay=0.1)
 
-    loss_fn = nn.CrossEntropyLoss()
-    result = train(model, loss_fn, optimizer=adamw, batches=batches, plan=plan, steps=3,
-                   link=FAST_LINK, progress=False, timeout_s=60)  # fmt: skip
-    expected, _ = reference(model, loss_fn, adamw, batches)
-    got = dict(result.model.named_parameters())
-    for name, p in expected.named_parameters():
-        torch.testing.assert_close(got[name], p, rtol=0, atol=1e-6, msg=name)
-    assert torch.equal(got["0.unused"], torch.ones(3))
+    result = assert_trains_like_pytorch(model, batches, plan, optimizer=adamw, atol=1e-6)
+    assert torch.equal(dict(result.model.named_parameters())["0.unused"], torch.ones(3))
 
 
 def test_last_stage_may_return_anything_its_loss_accepts() -> None:
@@ -212,9 +178,4 @@ def test_last_stage_may_return_anything_its_loss_accepts() -> None:
         return nn.functional.cross_entropy(out["logits"], y)
 
     plan = Plan(stages=[Stage(start=0, end=2), Stage(start=2, end=3)], micro_batches=2)
-    sgd = OPTIMIZERS["sgd-momentum"]
-    result = train(model, loss_fn, optimizer=sgd, batches=batches, plan=plan, steps=2,
-                   link=FAST_LINK, progress=False, timeout_s=60)  # fmt: skip
-    expected, _ = reference(model, loss_fn, sgd, batches)
-    for p, q in zip(result.model.parameters(), expected.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+    assert_trains_like_pytorch(model, batches, plan, loss_fn=loss_fn)

@@ -406,8 +406,15 @@ class _Monitor:
                 function=str(worker),
                 reason="memory",
             )
+        hint = ""
+        if state.reason == "timeout":
+            hint = (
+                "\nfix: a function lives at most its platform's time limit (900 s on Lambda) "
+                "and resuming a job from a checkpoint is not supported yet; train fewer steps "
+                "per job, or shorten each step (more replicas, smaller batches)"
+            )
         return FunctionFailed(
-            f"{where} failed ({state.reason}): {state.message}",
+            f"{where} failed ({state.reason}): {state.message}{hint}",
             function=str(worker),
             reason=state.reason,
         )

@@ -89,6 +89,7 @@ def train(
     timeout_s: float = 120.0,
     sync_algorithm: str = "pipelined",
     overlap: bool = True,
+    function_timeout_s: float = 900.0,
     pricing: Pricing = AWS_LAMBDA,
     progress: bool = True,
     job_id: str | None = None,
@@ -98,6 +99,7 @@ def train(
     The update of every step equals one single-process step of ``optimizer`` on the whole batch
     (micro-batch losses are weighted by their size). ``link`` sets each function's storage
     bandwidth and latency (default: Lambda-like 70 MB/s each way); ``timeout_s`` bounds every wait.
+    ``function_timeout_s`` is each function's lifetime limit (Lambda's 900 s by default).
     ``overlap=False`` makes every transfer block where it is listed (a baseline for measuring what
     overlapping communication with compute buys; results are identical).
     The input model is left untouched; ``result.model`` is a trained copy.
@@ -166,7 +168,9 @@ def train(
                     overlap=overlap,
                 )
                 layers = model[stage.start : stage.end]
-                spec = FunctionSpec(name=str(cfg.worker), memory_mb=stage.memory_mb)
+                spec = FunctionSpec(
+                    name=str(cfg.worker), memory_mb=stage.memory_mb, timeout_s=function_timeout_s
+                )
                 invocations[cfg.worker] = plat.start(
                     spec, _worker_target(cfg, layers, loss_fn, optimizer)
                 )

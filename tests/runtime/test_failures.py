@@ -75,6 +75,25 @@ def test_function_over_its_memory_cap_fails_the_job(tmp_path) -> None:
     assert LocalDirStorage(tmp_path).list("") == []
 
 
+class Slow(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.5)
+        return x
+
+
+def test_function_past_its_time_limit_fails_the_job(tmp_path) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), Slow(), nn.Linear(4, 2))
+    plan = Plan(stages=[Stage(start=0, end=1), Stage(start=1, end=3)], micro_batches=2)
+    t0 = time.monotonic()
+    with pytest.raises(FunctionFailed) as err:
+        run(model, plan, tmp_path, function_timeout_s=0.8, job_id="slow-test")
+    assert time.monotonic() - t0 < 20
+    assert err.value.reason == "timeout"
+    assert err.value.function in ("stage0-replica0", "stage1-replica0")
+    assert f"'{err.value.function}'" in str(err.value) and "fewer steps" in str(err.value)
+    assert LocalDirStorage(tmp_path).list("") == []
+
+
 def test_successful_job_leaves_no_keys(tmp_path) -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     plan = Plan(stages=[Stage(start=0, end=2, replicas=2), Stage(start=2, end=3)], micro_batches=2)

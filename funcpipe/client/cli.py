@@ -12,6 +12,7 @@ import torch
 
 from funcpipe.client.demo import DEMO_MODEL, make_job, model_names
 from funcpipe.client.pricing import AWS_LAMBDA
+from funcpipe.client.trace import chrome_trace
 from funcpipe.client.train import train
 from funcpipe.errors import FuncPipeError
 from funcpipe.planning.plan import Plan
@@ -48,15 +49,15 @@ def _plan(plan_file: Path | None, num_layers: int, stages: int, replicas: int, m
     )  # fmt: skip
 
 
-def _check_writable(path: Path | None) -> None:
-    """Fail before training, not after it, when the history cannot be written."""
+def _check_writable(path: Path | None, option: str = "--json-out") -> None:
+    """Fail before training, not after it, when an output file cannot be written."""
     if path is None:
         return
     folder = path.parent
     if not folder.is_dir():
-        raise click.BadParameter(f"folder {folder} does not exist", param_hint="--json-out")
+        raise click.BadParameter(f"folder {folder} does not exist", param_hint=option)
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise click.BadParameter(f"folder {folder} is not writable", param_hint="--json-out")
+        raise click.BadParameter(f"folder {folder} is not writable", param_hint=option)
 
 
 @cli.command("train")
@@ -151,13 +152,20 @@ def _check_writable(path: Path | None) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="write the per-step history as JSON here",
 )
+@click.option(
+    "--trace",
+    "trace_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write a Chrome trace of every function's compute/upload/download (chrome://tracing)",
+)
 def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int | None, stages: int,
               replicas: int, memory_mb: int, plan_file: Path | None, optimizer: str, lr: float,
               data_dir: str | None, storage: str, bandwidth: float, latency_ms: float,
               no_throttle: bool, sync: str, timeout: float, seed: int,
-              json_out: Path | None) -> None:  # fmt: skip
+              json_out: Path | None, trace_out: Path | None) -> None:  # fmt: skip
     """Train a model on local emulated functions (default: a small CNN on CIFAR-10 data)."""
     _check_writable(json_out)
+    _check_writable(trace_out, "--trace")
     job = make_job(model_name, batch_size=batch_size, data_dir=data_dir, seed=seed)
     plan = _plan(plan_file, len(job.model), stages, replicas, memory_mb, micro_batches)
     plan.check_model(len(job.model))  # before printing the stages, so no wrong plan is shown
@@ -187,6 +195,9 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
         json_out.write_text(json.dumps(
             {"plan": json.loads(plan.to_json()), "history": [h.__dict__ for h in result.history]},
             indent=2))  # fmt: skip
+    if trace_out is not None:
+        trace_out.write_text(json.dumps(chrome_trace(result.reports)))
+        click.echo(f"trace     {trace_out} (open in chrome://tracing or ui.perfetto.dev)")
 
 
 def _replica_counts(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import signal
@@ -151,48 +152,43 @@ def train(
 
         feeder = _Feeder(iter(batches), plan, jobs, steps)
         # Data for the first two steps is in storage before any function starts.
+        counted = jobs.stats.snapshot()
         feeder.feed(0)
         feeder.feed(1)
+        base = WorkerConfig(
+            job_id=job_id,
+            storage_url=storage,
+            plan_json=plan.to_json(),
+            stage=0,
+            replica=0,
+            steps=steps,
+            timeout_s=timeout_s,
+            link=link,
+            sync_algorithm=sync_algorithm,
+            overlap=overlap,
+        )
         for s, stage in enumerate(plan.stages):
             for r in range(stage.replicas):
-                cfg = WorkerConfig(
-                    job_id=job_id,
-                    storage_url=storage,
-                    plan_json=plan.to_json(),
-                    stage=s,
-                    replica=r,
-                    steps=steps,
-                    timeout_s=timeout_s,
-                    link=link,
-                    sync_algorithm=sync_algorithm,
-                    overlap=overlap,
-                )
+                cfg = dataclasses.replace(base, stage=s, replica=r)
+                spec = FunctionSpec(str(cfg.worker), stage.memory_mb, function_timeout_s)
                 layers = model[stage.start : stage.end]
-                spec = FunctionSpec(
-                    name=str(cfg.worker), memory_mb=stage.memory_mb, timeout_s=function_timeout_s
-                )
-                invocations[cfg.worker] = plat.start(
-                    spec, _worker_target(cfg, layers, loss_fn, optimizer)
-                )
+                target = _worker_target(cfg, layers, loss_fn, optimizer)
+                invocations[cfg.worker] = plat.start(spec, target)
+
         monitor = _Monitor(plat, invocations, plan, jobs, timeout_s)
         history: list[StepStats] = []
         reports: list[list[dict[str, Any]]] = []
         with tqdm(total=steps, desc="training", unit="step", disable=not progress) as bar:
             for t in range(steps):
-                client_before = jobs.stats.snapshot()
                 step_reports = monitor.wait_all(
                     [keys.report(t, s, r) for s, r in invocations], f"step {t}"
                 )
                 feeder.feed(t + 2)
-                client = jobs.stats.snapshot()
-                stats = _step_stats(
-                    t,
-                    step_reports,
-                    plan,
-                    pricing,
-                    client_puts=client.puts - client_before.puts,
-                    client_gets=client.gets - client_before.gets,
-                )
+                # The client's requests since the last step (data it fed, reports it polled).
+                now = jobs.stats.snapshot()
+                client_puts, client_gets = now.puts - counted.puts, now.gets - counted.gets
+                counted = now
+                stats = _step_stats(t, step_reports, plan, pricing, client_puts, client_gets)
                 if t == 0:
                     stats = _add_cost(stats, pricing.invocation_cost(plan))
                 history.append(stats)
@@ -462,7 +458,6 @@ def _step_stats(
     reports: list[dict[str, Any]],
     plan: Plan,
     pricing: Pricing,
-    *,
     client_puts: int = 0,
     client_gets: int = 0,
 ) -> StepStats:

@@ -100,6 +100,10 @@ def test_successful_job_leaves_no_keys(tmp_path) -> None:
     result = run(model, plan, tmp_path)
     assert len(result.history) == 2
     assert all(h.cost_usd > 0 and h.iteration_s > 0 for h in result.history)
+    # The client's requests are priced too: it fed both steps (2 micro-batches x inputs and
+    # targets each) before step 0 was reported.
+    functions = sum(r["traffic"]["puts"] + r["traffic"]["gets"] for r in result.reports[0])
+    assert result.history[0].requests >= functions + 2 * 2 * 2
     assert LocalDirStorage(tmp_path).list("") == []
 
 

@@ -146,17 +146,8 @@ class Executor:
         elif a.op is Op.SYNC:
             set_activity(f"gradient sync, step {step}")
             t0 = time.time()
-            flat = all_reduce(
-                self.storage,
-                runner.flat_grads(),
-                rank=self.worker.replica,
-                world=self.replicas,
-                key_prefix=keys.sync_prefix(step, s),
-                algorithm=self.sync_algorithm,
-                op="sum",
-                timeout=self.timeout_s,
-            )
-            runner.set_flat_grads(flat)
+            if runner.params:  # every replica holds the same layers, so all skip together
+                self._sync(step)
         elif a.op is Op.STEP:
             set_activity(f"optimizer step, step {step}")
             t0 = time.time()
@@ -164,6 +155,21 @@ class Executor:
         else:  # pragma: no cover - the schedule only holds the ops above
             raise ValueError(f"{self.worker} cannot run {a}")
         trace.record(a, t0, time.time())
+
+    def _sync(self, step: int) -> None:
+        """Sum the stage's gradients over its replicas through storage."""
+        runner = self.runner
+        flat = all_reduce(
+            self.storage,
+            runner.flat_grads(),
+            rank=self.worker.replica,
+            world=self.replicas,
+            key_prefix=keys.sync_prefix(step, self.worker.stage),
+            algorithm=self.sync_algorithm,
+            op="sum",
+            timeout=self.timeout_s,
+        )
+        runner.set_flat_grads(flat)
 
     def _download(self, step: int, a: Action, trace: StepTrace) -> tuple[Any, dict[str, str]]:
         t0 = time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,74 @@ def test_bad_arguments_are_rejected(tmp_path: Path, kwargs: dict, match: str) ->
     tensor = args.pop("tensor")
     with pytest.raises(ConfigError, match=match):
         all_reduce(LocalDirStorage(tmp_path), tensor, **args)
+
+
+def _each_rank(fn, world: int) -> dict[int, BaseException]:
+    """Run fn(rank) on one thread per rank; return the exception each rank raised."""
+    errors: dict[int, BaseException] = {}
+
+    def body(rank: int) -> None:
+        try:
+            fn(rank)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertions
+            errors[rank] = exc
+
+    threads = [threading.Thread(target=body, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return errors
+
+
+def test_a_failed_all_reduce_stops_its_threads_and_writes_nothing_after(tmp_path: Path) -> None:
+    """Once every rank has raised and the caller deleted the prefix, nothing comes back."""
+    from funcpipe.storage import MemoryStorage
+
+    store = MemoryStorage()
+    slow_up = LinkConfig(up_mb_s=2.0, down_mb_s=1000.0, latency_s=0.0)
+    sizes = [2_000_000, 1_999_996]  # a caller bug: the replicas disagree on the length
+
+    def rank(r: int) -> None:
+        all_reduce(ThrottledStorage(store, slow_up), torch.ones(sizes[r]), rank=r, world=2,
+                   key_prefix="job/step0", subchunks=4, timeout=5.0)  # fmt: skip
+
+    errors = _each_rank(rank, 2)
+    assert set(errors) == {0, 1} and all("same length" in str(e) for e in errors.values())
+    store.delete_prefix("job/")
+    time.sleep(1.0)
+    assert store.list("") == []
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("allreduce")]
+
+
+def test_an_upload_error_is_raised_by_the_rank_that_hit_it(monkeypatch) -> None:
+    """A failed upload must surface as itself, not later as a peer's timeout."""
+    import funcpipe.runtime.collectives as collectives
+    from funcpipe.storage import MemoryStorage
+
+    real_wait = collectives.wait
+
+    def slow_wait(*args, **kwargs):  # widens the window in which an upload can fail unseen
+        done = real_wait(*args, **kwargs)
+        time.sleep(0.05)
+        return done
+
+    monkeypatch.setattr(collectives, "wait", slow_wait)
+
+    class FailingPut(MemoryStorage):
+        def put(self, key: str, data: bytes) -> None:
+            if key == "j/s/rs/1/0/1":
+                time.sleep(0.02)
+                raise OSError("upload failed: disk full")
+            if key.startswith("j/s/rs/0/1/"):
+                time.sleep(0.3)
+            super().put(key, data)
+
+    store = FailingPut()
+
+    def rank(r: int) -> None:
+        all_reduce(store, torch.ones(10), rank=r, world=2, key_prefix="j/s", subchunks=4,
+                   timeout=3.0)  # fmt: skip
+
+    errors = _each_rank(rank, 2)
+    assert isinstance(errors[0], OSError) and "disk full" in str(errors[0])

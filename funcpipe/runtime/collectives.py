@@ -34,6 +34,8 @@ On error, keys may remain: the caller cleans up with ``delete_prefix(key_prefix)
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
@@ -61,6 +63,8 @@ TARGET_PIECE_BYTES = 1_000_000
 MAX_SUBCHUNKS = 64
 #: Requests kept in flight per direction by the default pipelined algorithm.
 IN_FLIGHT = 3
+#: How often a waiting download checks whether the all-reduce was aborted.
+ABORT_CHECK_S = 0.25
 
 _WIRE = {torch.float32: np.dtype("<f4"), torch.float64: np.dtype("<f8")}
 
@@ -128,6 +132,7 @@ class _Exchange:
         self.k = max(1, min(subchunks, numel // world)) if numel >= world else 1
         self.pieces = [_spans(a, b - a, self.k) for a, b in chunks]
         self.acc: list[np.ndarray | None] = [None] * self.k
+        self.abort = threading.Event()  # set on failure: pending waits give up promptly
 
     # -- keys -------------------------------------------------------------------------------
     def rs_key(self, owner: int, src: int, j: int) -> str:
@@ -141,13 +146,21 @@ class _Exchange:
 
     # -- transfers --------------------------------------------------------------------------
     def wait(self, key: str, peer: int, *, delete: bool) -> bytes:
-        try:
-            return self.storage.wait(key, self.timeout, delete=delete)
-        except StorageTimeout as exc:
-            raise StorageTimeout(
-                f"all_reduce rank {self.rank} of {self.n}: {exc}; replica {peer} never wrote it "
-                "(it failed, is slow, or was called with another key_prefix/world/size)"
-            ) from exc
+        """Wait for a peer's key in slices, so that an aborted all-reduce stops waiting."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return self.storage.wait(key, max(min(ABORT_CHECK_S, left), 1e-3), delete=delete)
+            except StorageTimeout as exc:
+                if self.abort.is_set():
+                    raise StorageError(f"all_reduce rank {self.rank}: aborted") from None
+                if time.monotonic() >= deadline:
+                    raise StorageTimeout(
+                        f"all_reduce rank {self.rank} of {self.n}: {key!r} did not appear "
+                        f"within {self.timeout:g} s; replica {peer} never wrote it (it failed, "
+                        "is slow, or was called with another key_prefix/world/size)"
+                    ) from exc
 
     def piece(self, data: bytes, key: str, span: tuple[int, int]) -> np.ndarray:
         expected = self.dtype.itemsize * (span[1] - span[0])
@@ -232,7 +245,8 @@ def _naive(ex: _Exchange) -> None:
 class _Pools:
     """Upload and download threads; a failed upload surfaces at the next wait for a download."""
 
-    def __init__(self, rank: int, in_flight: int) -> None:
+    def __init__(self, rank: int, in_flight: int, abort: threading.Event) -> None:
+        self.abort = abort
         self.up = ThreadPoolExecutor(in_flight, thread_name_prefix=f"allreduce-up-{rank}")
         self.down = ThreadPoolExecutor(in_flight, thread_name_prefix=f"allreduce-down-{rank}")
         self.sent: list[Future] = []
@@ -251,20 +265,23 @@ class _Pools:
                     raise sent.exception()
             if fut in done:
                 return fut.result()
-            self.sent = [f for f in self.sent if not f.done()]
+            # Drop only what was checked above; anything that finished since is checked next.
+            self.sent = [f for f in self.sent if f not in done]
 
     def drain(self) -> None:
         for fut in self.sent:
             fut.result()
 
     def close(self) -> None:
-        # On error, don't wait for peers that may never come; their waits end at the timeout.
-        self.up.shutdown(wait=False, cancel_futures=True)
-        self.down.shutdown(wait=False, cancel_futures=True)
+        """Stop both pools; after a failure, pending waits give up within ABORT_CHECK_S, and
+        no upload is still running (so none can write after the caller cleans up)."""
+        self.abort.set()
+        self.up.shutdown(wait=True, cancel_futures=True)
+        self.down.shutdown(wait=True, cancel_futures=True)
 
 
 def _pipelined(ex: _Exchange, in_flight: int) -> None:
-    pools = _Pools(ex.rank, in_flight)
+    pools = _Pools(ex.rank, in_flight, ex.abort)
     try:
         # Both queues are FIFO, so a pool of one thread is the paper's step-by-step order.
         for t in range(1, ex.n):

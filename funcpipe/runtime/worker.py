@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from safetensors.torch import save as save_tensors
 from torch import nn
@@ -26,7 +26,7 @@ from funcpipe.storage.throttle import LinkConfig, ThrottledStorage
 @dataclass(frozen=True)
 class WorkerConfig:
     job_id: str
-    storage_url: str
+    storage_url: str = field(repr=False)  # may carry a password; never printed
     plan_json: str
     stage: int
     replica: int

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from funcpipe.errors import ConfigError
-from funcpipe.storage.base import Storage, validate_key, validate_prefix
+from funcpipe.storage.base import Storage, redact_url, validate_key, validate_prefix
 from funcpipe.storage.local_dir import LocalDirStorage
 from funcpipe.storage.memory import MemoryStorage
 from funcpipe.storage.prefixed import PrefixedStorage
@@ -31,6 +31,7 @@ __all__ = [
     "ThrottledStorage",
     "default_local_root",
     "open_storage",
+    "redact_url",
     "register_backend",
     "validate_key",
     "validate_prefix",
@@ -105,7 +106,7 @@ def open_storage(url: str = "local", **options: object) -> Storage:
     if scheme not in _FACTORIES:
         known = sorted(set(_FACTORIES) | set(_LAZY))
         raise ConfigError(
-            f"unknown storage URL {url!r}: scheme {scheme!r} is not one of {known} "
+            f"unknown storage URL {redact_url(url)!r}: scheme {scheme!r} is not one of {known} "
             "(or an absolute local path)"
         )
     return _FACTORIES[scheme](url, **options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import re
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 from funcpipe.errors import ConfigError, KeyNotFound, StorageTimeout
 
@@ -58,6 +59,14 @@ def validate_prefix(prefix: str) -> str:
         return prefix
     validate_key(prefix[:-1] if prefix.endswith("/") else prefix)
     return prefix
+
+
+def redact_url(url: str) -> str:
+    """``url`` without any user or password, for messages and reprs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 class Storage(abc.ABC):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from funcpipe.errors import ConfigError, KeyNotFound, StorageError
-from funcpipe.storage.base import Storage, validate_key, validate_prefix
+from funcpipe.storage.base import Storage, redact_url, validate_key, validate_prefix
 
 try:
     import redis
@@ -72,16 +72,27 @@ class RedisStorage(Storage):
         self.client.close()
 
 
+#: A server that accepts connections but never answers must not hang a function: every
+#: request gives up after this long (override with socket_timeout=...).
+DEFAULT_SOCKET_TIMEOUT_S = 10.0
+
+
 def from_url(url: str, **options: object) -> RedisStorage:
     """'redis://[:password@]host:port/db'; options go to redis.Redis (e.g. socket_timeout)."""
     parsed = urlparse(url)
+    shown = redact_url(url)  # never echo the password
     if not parsed.hostname:
         raise ConfigError(
-            f"redis storage URL {url!r} needs a host, e.g. 'redis://127.0.0.1:6379/0'"
+            f"redis storage URL {shown!r} needs a host, e.g. 'redis://127.0.0.1:6379/0'"
         )
+    options.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT_S)
+    options.setdefault("socket_connect_timeout", DEFAULT_SOCKET_TIMEOUT_S)
     try:
         client = redis.Redis.from_url(url, **options)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"invalid redis storage URL or option for {url!r}: {exc}") from exc
+        message = str(exc).replace(url, shown)
+        if parsed.password:
+            message = message.replace(parsed.password, "***")
+        raise ConfigError(f"invalid redis storage URL or option for {shown!r}: {message}") from None
     # Never echo the password: describe the server by host, port and database only.
     return RedisStorage(client, f"redis://{parsed.hostname}:{parsed.port or 6379}{parsed.path}")

@@ -1,0 +1,63 @@
+"""Redis URLs: passwords never reach messages or reprs; requests cannot hang forever."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from funcpipe.errors import ConfigError, StorageError
+from funcpipe.runtime.worker import WorkerConfig
+from funcpipe.storage import LinkConfig, open_storage, redact_url
+from funcpipe.storage.redis_store import from_url
+
+SECRET = "s3cret-pw"
+
+
+def test_redact_url_hides_user_and_password() -> None:
+    assert redact_url(f"redis://user:{SECRET}@h:1/0") == "redis://***@h:1/0"
+    assert redact_url("redis://h:1/0") == "redis://h:1/0"
+    assert redact_url("local:///tmp/x") == "local:///tmp/x"
+
+
+@pytest.mark.parametrize(
+    "url,options",
+    [
+        (f"redis://:{SECRET}@/0", {}),  # no host
+        (f"redis://:{SECRET}@127.0.0.1:99999/0", {}),  # bad port
+        (f"nosuch://:{SECRET}@h/0", {}),
+    ],
+)
+def test_bad_redis_urls_never_echo_the_password(url: str, options: dict) -> None:
+    with pytest.raises(ConfigError) as err:
+        open_storage(url, **options)
+    assert SECRET not in str(err.value)
+
+
+def test_worker_config_repr_hides_the_storage_url() -> None:
+    cfg = WorkerConfig(job_id="j", storage_url=f"redis://:{SECRET}@h:1/0", plan_json="{}",
+                       stage=0, replica=0, steps=1, timeout_s=1.0, link=LinkConfig())  # fmt: skip
+    assert SECRET not in repr(cfg)
+
+
+def test_a_server_that_never_answers_fails_the_request(tmp_path) -> None:
+    """A silent server must not hang a function: the request gives up after socket_timeout."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True).start()
+    store = from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.5)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(StorageError):
+            store.get("a/b")
+        assert time.monotonic() - t0 < 5
+    finally:
+        store.close()
+        server.close()
+        for conn in accepted:
+            conn.close()

@@ -109,6 +109,9 @@ class Storage(abc.ABC):
     def wait(self, key: str, timeout: float, *, delete: bool = False) -> bytes:
         """Block until ``key`` exists and return its bytes (deleting it if ``delete``).
 
+        ``delete=True`` is a get followed by a delete, so it is meant for keys written once and
+        read by one reader (the runtime's transfers), never for keys that are rewritten.
+
         Polls that one key with a backoff capped at :data:`POLL_MAX_S`; raises StorageTimeout
         naming the key once ``timeout`` seconds have passed.
         """

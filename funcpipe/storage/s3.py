@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
@@ -73,6 +74,7 @@ class S3Storage(Storage):
         self._root = options.prefix + "/" if options.prefix else ""
         self._pid: int | None = None
         self._client_obj: Any = None
+        self._client_lock = threading.Lock()
         self._check_bucket()
 
     def __repr__(self) -> str:
@@ -84,8 +86,13 @@ class S3Storage(Storage):
         """This process's client; a forked child makes a fresh one instead of sharing sockets."""
         pid = os.getpid()
         if self._client_obj is None or self._pid != pid:
-            self._client_obj = self._make_client()
-            self._pid = pid
+            # A fork copies the lock as it was; a fresh one per process cannot be held already.
+            if self._pid != pid:
+                self._client_lock = threading.Lock()
+            with self._client_lock:  # the lanes' threads may all ask at once after a fork
+                if self._client_obj is None or self._pid != pid:
+                    self._client_obj = self._make_client()
+                    self._pid = pid
         return self._client_obj
 
     def _make_client(self) -> Any:

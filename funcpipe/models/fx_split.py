@@ -121,7 +121,12 @@ def _where(exc: BaseException) -> str:
 
 
 def _run(graph_module: fx.GraphModule, inputs: Sequence[Tensor]) -> dict[fx.Node, Any]:
-    """Run the graph once on the example, recording every node's value (to know its type)."""
+    """Run the graph once on the example, recording every node's value (to know its type).
+
+    The run uses a throwaway copy of the modules and a forked RNG: in train mode it would
+    otherwise update BatchNorm running statistics in the result and advance the caller's
+    random state through dropout.
+    """
     values: dict[fx.Node, Any] = {}
 
     class Recorder(fx.Interpreter):
@@ -129,8 +134,9 @@ def _run(graph_module: fx.GraphModule, inputs: Sequence[Tensor]) -> dict[fx.Node
             values[n] = super().run_node(n)
             return values[n]
 
-    with torch.no_grad():
-        Recorder(graph_module).run(*inputs)
+    scratch = copy.deepcopy(graph_module)
+    with torch.no_grad(), torch.random.fork_rng():
+        Recorder(scratch, graph=graph_module.graph).run(*inputs)
     return values
 
 

@@ -183,3 +183,37 @@ def test_missing_input_is_named() -> None:
 def test_bad_example_input() -> None:
     with pytest.raises(ConfigError, match="example_input"):
         to_sequential(WithSkip(), [torch.randn(2, 8)])  # type: ignore[arg-type]
+
+
+class WithNormAndDropout(nn.Module):
+    """BatchNorm keeps running statistics and Dropout draws from the global RNG in train mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.norm = nn.BatchNorm1d(6)
+        self.drop = nn.Dropout(0.5)
+        self.b = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.drop(self.norm(self.a(x))))
+
+
+def test_tracing_leaves_buffers_and_the_global_rng_untouched() -> None:
+    torch.manual_seed(0)
+    module = WithNormAndDropout()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    example = torch.randn(8, 6) * 3 + 1
+    rng = torch.get_rng_state()
+    seq = to_sequential(module, example)
+    assert torch.equal(torch.get_rng_state(), rng)
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    buffers = {name.split(".", 1)[1]: b for name, b in seq.named_buffers()}
+    assert buffers.keys() == dict(module.named_buffers()).keys()
+    for name, b in buffers.items():
+        assert torch.equal(b, before[name]), name
+    module.eval()
+    seq.eval()
+    x = torch.randn(4, 6)
+    assert torch.equal(seq(x), module(x))

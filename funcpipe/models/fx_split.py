@@ -23,6 +23,8 @@ from torch import Tensor, fx, nn
 
 from funcpipe.errors import ConfigError
 
+_assert_is_none = getattr(fx._symbolic_trace, "_assert_is_none", None)  # fx's guard for None
+
 
 def to_sequential(module: nn.Module, example_input: Tensor | tuple[Tensor, ...]) -> nn.Sequential:
     """Return an nn.Sequential equal to `module` on inputs like `example_input`.
@@ -89,14 +91,20 @@ def _trace(module: nn.Module, n_inputs: int) -> fx.GraphModule:
 
 
 def _bake_defaults(graph_module: fx.GraphModule, concrete: dict[str, Any]) -> None:
-    """Drop the placeholders fx keeps for defaulted parameters (and their value checks)."""
+    """Drop the placeholders fx keeps for defaulted parameters (and their value checks).
+
+    A check left behind would be the only node before the first layer and so become a piece
+    of its own that does no work.
+    """
     if not concrete:
         return
     extra = [n for n in graph_module.graph.nodes if n.op == "placeholder"][-len(concrete) :]
     for node, value in zip(extra, concrete.values(), strict=True):
         for user in list(node.users):
             checks = list(user.users)
-            if user.target is operator.eq and all(c.target is torch._assert for c in checks):
+            if user.target is _assert_is_none and value is None and user.args[0] is node:
+                graph_module.graph.erase_node(user)
+            elif user.target is operator.eq and all(c.target is torch._assert for c in checks):
                 for check in checks:
                     graph_module.graph.erase_node(check)
                 graph_module.graph.erase_node(user)

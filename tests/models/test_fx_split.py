@@ -217,3 +217,29 @@ def test_tracing_leaves_buffers_and_the_global_rng_untouched() -> None:
     seq.eval()
     x = torch.randn(4, 6)
     assert torch.equal(seq(x), module(x))
+
+
+class WithNoneDefault(nn.Module):
+    """A forward() argument defaulting to None: fx guards it with an _assert_is_none node."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is not None:
+            x = x * mask
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_none_default_leaves_no_empty_piece() -> None:
+    torch.manual_seed(0)
+    module = WithNoneDefault()
+    x = torch.randn(2, 4)
+    seq = to_sequential(module, x)
+    assert len(seq) == 2  # one piece per Linear, nothing before the first
+    for piece in seq:
+        assert any(n.op == "call_module" for n in piece.graph.nodes), piece.code
+    assert not any("_assert_is_none" in piece.code for piece in seq)
+    assert torch.equal(seq(x), module(x))

@@ -82,11 +82,23 @@ class Batches:
                 yield inputs, targets
 
     def shard(self, rank: int, world: int) -> Batches:
-        """The batches of data-parallel replica `rank` out of `world` (a slice of each batch)."""
+        """The batches of data-parallel replica `rank` out of `world` (a slice of each batch).
+
+        Every batch, the short last one kept by drop_last=False included, must have at least one
+        sample per replica: an empty slice would leave a replica with nothing to train on in a
+        step the others take, so such a configuration is refused rather than padded or skipped.
+        """
         if self.world != 1:
             raise ConfigError("these batches are already a shard; shard the global batches")
         if world < 1 or not 0 <= rank < world:
             raise ConfigError(f"rank={rank} must be in [0, world) and world={world} positive")
         if world > self.batch_size:
             raise ConfigError(f"world={world} replicas cannot share batches of {self.batch_size}")
+        rest = self.num_samples % self.batch_size
+        if not self.drop_last and 0 < rest < world:
+            raise ConfigError(
+                f"the last batch has {rest} samples, fewer than world={world} replicas, so some "
+                f"would get an empty batch; use drop_last=True, or a batch_size or world that "
+                f"leaves at least {world} samples in the last batch"
+            )
         return dataclasses.replace(self, rank=rank, world=world)

@@ -52,8 +52,21 @@ def test_endless_batches_keep_going() -> None:
         (lambda: Batches(_identity_take, 8, 4).shard(2, 2), "rank=2"),
         (lambda: Batches(_identity_take, 8, 4).shard(0, 5), "world=5"),
         (lambda: Batches(_identity_take, 8, 4).shard(0, 2).shard(0, 2), "already a shard"),
+        (
+            lambda: Batches(_identity_take, 10, 4, drop_last=False).shard(0, 4),
+            r"last batch has 2 samples.*world=4.*drop_last=True",
+        ),
     ],
 )
 def test_bad_arguments_are_named(make, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         make()
+
+
+def test_a_short_last_batch_is_sharded_when_every_replica_gets_a_sample() -> None:
+    batches = Batches(_identity_take, 11, 4, shuffle=False, drop_last=False)
+    shards = [list(batches.shard(r, 3)) for r in range(3)]
+    assert [[len(x) for x, _ in s] for s in shards] == [[2, 2, 1], [1, 1, 1], [1, 1, 1]]
+    assert torch.equal(
+        torch.cat([x for s in zip(*shards, strict=True) for x, _ in s]), torch.arange(11)
+    )

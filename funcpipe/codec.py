@@ -38,6 +38,11 @@ def _prepare(tensor: object, where: str) -> torch.Tensor:
         )
     if tensor.layout != torch.strided:
         raise ConfigError(f"encode: {where} is {tensor.layout}; call .to_dense() first")
+    if tensor.dtype not in _ENCODABLE:  # also those safetensors writes but decode cannot read
+        raise ConfigError(
+            f"encode: {where} has dtype {str(tensor.dtype).removeprefix('torch.')}, which the "
+            f"codec cannot store; convert it to one of: {', '.join(_DTYPES.values())}"
+        )
     return tensor.detach().cpu().contiguous()
 
 
@@ -121,6 +126,7 @@ _DTYPES = {
     "F8_E5M2": "float8_e5m2",
     "C64": "complex64",
 }
+_ENCODABLE = frozenset(getattr(torch, name) for name in _DTYPES.values())
 
 
 def decode(data: bytes) -> tuple[Payload, dict[str, str]]:

@@ -104,3 +104,10 @@ def test_foreign_safetensors_are_refused() -> None:
 
     with pytest.raises(DecodeError, match="not written by funcpipe"):
         decode(save({"weight": torch.ones(2)}))
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.float8_e4m3fnuz])
+def test_unsupported_dtypes_are_named(dtype: torch.dtype) -> None:
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(ConfigError, match=rf"value\[1\] has dtype {name}.*float32.*bfloat16"):
+        encode((torch.ones(2), torch.zeros(2, dtype=dtype)))

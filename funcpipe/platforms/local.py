@@ -384,8 +384,10 @@ class LocalPlatform(Platform):
             run.report_bytes += chunk
 
     def _activity(self, run: _Run) -> str | None:
-        if run.activity is not None:
-            run.last_activity = read_activity(run.activity)
+        """The function's newest label; a read that finds none keeps the one known before."""
+        label = read_activity(run.activity) if run.activity is not None else None
+        if label is not None:
+            run.last_activity = label
         return run.last_activity
 
     def _peak_mb(self, run: _Run) -> float | None:
@@ -534,6 +536,7 @@ def _close_runs(runs: dict[int, _Run], lock: threading.RLock, info: tuple[int, l
                 with contextlib.suppress(ValueError):
                     run.process.join(REAP_TIMEOUT_S)
                 activity = read_activity(run.activity) if run.activity is not None else None
+                activity = run.last_activity if activity is None else activity
                 run.final = InvocationState(
                     Status.CANCELLED,
                     "cancelled",

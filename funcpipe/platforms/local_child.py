@@ -34,35 +34,46 @@ _ALLOC_RE = re.compile(r"tried to allocate (\d+) bytes")
 
 
 # --- activity labels shared through an anonymous shared mapping --------------------------------
-# Layout: uint32 sequence (odd while the child writes), uint16 length, then UTF-8 bytes. The parent
-# can read the last label even after the child was killed mid-write.
-ACT_SIZE = 512
+# Two slots, each a uint32 sequence (odd while the child writes it), a uint16 length, then UTF-8
+# bytes. Label n goes to slot n % 2 with final sequence 2n, so while one slot is being written the
+# other still holds the previous label: a kill mid-write never loses the last finished label.
+ACT_SIZE = 1024
+_SLOT = ACT_SIZE // 2
 _ACT_HEADER = struct.Struct("<IH")
-_ACT_MAX = ACT_SIZE - 8
+_ACT_MAX = _SLOT - 8
 
 
 def _activity_writer(buf: mmap.mmap) -> Callable[[str], None]:
-    seq = [0]
+    count = [0]
 
     def write(label: str) -> None:
         data = str(label).encode("utf-8", "replace")[:_ACT_MAX]
-        seq[0] += 1
-        _ACT_HEADER.pack_into(buf, 0, seq[0], 0)
-        buf[8 : 8 + len(data)] = data
-        seq[0] += 1
-        _ACT_HEADER.pack_into(buf, 0, seq[0], len(data))
+        count[0] += 1
+        at = _SLOT * (count[0] % 2)
+        _ACT_HEADER.pack_into(buf, at, 2 * count[0] - 1, 0)
+        buf[at + 8 : at + 8 + len(data)] = data
+        _ACT_HEADER.pack_into(buf, at, 2 * count[0], len(data))
 
     return write
 
 
 def read_activity(buf: mmap.mmap) -> str | None:
+    """The newest finished label, or None before the first one (or after 100 torn reads)."""
     for _ in range(100):
-        seq, length = _ACT_HEADER.unpack_from(buf, 0)
-        if seq % 2:
-            continue
-        data = bytes(buf[8 : 8 + length])
-        if _ACT_HEADER.unpack_from(buf, 0)[0] == seq:
-            return data.decode("utf-8", "ignore") if seq else None
+        newest: tuple[int, bytes] | None = None
+        written = False
+        for at in (0, _SLOT):
+            seq, length = _ACT_HEADER.unpack_from(buf, at)
+            written = written or seq > 0
+            if seq == 0 or seq % 2:
+                continue
+            data = bytes(buf[at + 8 : at + 8 + length])
+            if _ACT_HEADER.unpack_from(buf, at)[0] == seq and (newest is None or seq > newest[0]):
+                newest = (seq, data)
+        if newest is not None:
+            return newest[1].decode("utf-8", "ignore")
+        if not written:
+            return None
     return None
 
 

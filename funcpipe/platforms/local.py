@@ -200,21 +200,28 @@ class LocalPlatform(Platform):
         return min(max(share, MIN_CPU_SHARE), float(len(self._host_cores)))
 
     def _make_cgroups(self, spec: FunctionSpec, inv: Invocation) -> tuple[str | None, str | None]:
+        """Create and configure the function's groups; on failure none of them is left behind."""
         leaf = f"{re.sub(r'[^A-Za-z0-9._-]', '_', spec.name)[:80]}-{inv.id}"
         mem_cg = cpu_cg = None
-        if "memory" in self._group_dirs:
-            mem_cg = os.path.join(self._group_dirs["memory"], leaf)
-            os.makedirs(mem_cg)
-            limit = spec.memory_mb * _MB
-            write_value(os.path.join(mem_cg, "memory.limit_in_bytes"), limit)
-            with contextlib.suppress(OSError):  # only exists with swap accounting
-                write_value(os.path.join(mem_cg, "memory.memsw.limit_in_bytes"), limit)
-        if "cpu" in self._group_dirs:
-            cpu_cg = os.path.join(self._group_dirs["cpu"], leaf)
-            os.makedirs(cpu_cg)
-            share = self.cpu_share(spec.memory_mb) or 0.0
-            write_value(os.path.join(cpu_cg, "cpu.cfs_period_us"), CFS_PERIOD_US)
-            write_value(os.path.join(cpu_cg, "cpu.cfs_quota_us"), round(share * CFS_PERIOD_US))
+        try:
+            if "memory" in self._group_dirs:
+                os.makedirs(path := os.path.join(self._group_dirs["memory"], leaf))
+                mem_cg = path  # only what this call created is removed on failure
+                limit = spec.memory_mb * _MB
+                write_value(os.path.join(mem_cg, "memory.limit_in_bytes"), limit)
+                with contextlib.suppress(OSError):  # only exists with swap accounting
+                    write_value(os.path.join(mem_cg, "memory.memsw.limit_in_bytes"), limit)
+            if "cpu" in self._group_dirs:
+                os.makedirs(path := os.path.join(self._group_dirs["cpu"], leaf))
+                cpu_cg = path
+                share = self.cpu_share(spec.memory_mb) or 0.0
+                write_value(os.path.join(cpu_cg, "cpu.cfs_period_us"), CFS_PERIOD_US)
+                write_value(os.path.join(cpu_cg, "cpu.cfs_quota_us"), round(share * CFS_PERIOD_US))
+        except BaseException:
+            for cg in (mem_cg, cpu_cg):
+                if cg:
+                    remove_cgroup(cg)
+            raise
         return mem_cg, cpu_cg
 
     def _affinity_cores(self, share: float | None) -> list[int] | None:

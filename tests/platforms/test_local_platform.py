@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from funcpipe.errors import ConfigError
+from funcpipe.errors import ConfigError, FuncPipeError
 from funcpipe.platforms import (
     FunctionSpec,
     LocalPlatform,
     PlatformLimits,
     Status,
+    local,
     set_activity,
 )
 from funcpipe.platforms.cgroup_v1 import was_oom_killed
@@ -454,3 +455,23 @@ def test_threads_can_join_and_poll_the_same_invocation(platform: LocalPlatform) 
     for t in threads:
         t.join()
     assert [r.status for r in results] == [Status.SUCCEEDED] * 3
+
+
+@needs_cgroups
+@pytest.mark.parametrize("fails_at", ["memory.limit_in_bytes", "cpu.cfs_quota_us"])
+def test_a_failed_cgroup_setup_leaves_no_group(monkeypatch, fails_at: str) -> None:
+    real_write = local.write_value
+
+    def write_value(path: str, value: object) -> None:
+        if path.endswith(fails_at):
+            raise OSError(f"cannot write {path}")
+        real_write(path, value)
+
+    monkeypatch.setattr(local, "write_value", write_value)
+    with LocalPlatform(memory_enforcement="cgroup", cpu_enforcement="cgroup") as p:
+        with pytest.raises(FuncPipeError, match="cannot set up its cgroup"):
+            p.start(FunctionSpec("f", 256), lambda: None)
+        dirs = p._group_dirs
+        assert dirs.keys() == {"memory", "cpu"}
+        groups = {ctrl: [e.name for e in os.scandir(d) if e.is_dir()] for ctrl, d in dirs.items()}
+        assert groups == {"memory": [], "cpu": []}

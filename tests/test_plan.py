@@ -73,3 +73,10 @@ def test_even_plan() -> None:
     assert [(s.start, s.end) for s in Plan.even(7, stages=3).stages] == [(0, 2), (2, 5), (5, 7)]
     with pytest.raises(ConfigError, match="use 1 <= stages <= 3"):
         Plan.even(3, stages=4)
+
+
+def test_misspelled_fields_get_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"stages.0: unknown field 'replica'; did you mean"):
+        Plan(stages=[{"start": 0, "end": 6, "replica": 2}])
+    with pytest.raises(ConfigError, match=r"unknown field 'micro_batchs'; did you mean"):
+        Plan(stages=[Stage(start=0, end=3)], micro_batchs=3)

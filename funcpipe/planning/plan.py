@@ -7,6 +7,7 @@ on the client with a message naming the field, never inside a function half-way 
 
 from __future__ import annotations
 
+import difflib
 import json
 from typing import Any
 
@@ -198,10 +199,19 @@ class Plan(BaseModel):
 
 
 def _explain(exc: ValidationError, what: str) -> str:
-    """Turn pydantic's report into one line per problem, each naming the field."""
+    """Turn pydantic's report into one line per problem, each naming the field and the fix."""
+    model = Stage if what == "Stage" else Plan
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or what
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{what}.{loc}: {msg}" if err["loc"] else f"{what}: {msg}")
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ").removeprefix("invalid Stage: ")
+        msg = msg.removeprefix("Stage: ")
+        if err["type"] == "extra_forbidden":
+            name = str(err["loc"][-1])
+            fields = list(model.model_fields)
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            msg = f"unknown field {name!r}; {hint}the fields are {', '.join(fields)}"
+            loc = ".".join(str(p) for p in err["loc"][:-1])
+        lines.append(f"{what}.{loc}: {msg}" if loc else f"{what}: {msg}")
     return "invalid " + what + ": " + "; ".join(lines)

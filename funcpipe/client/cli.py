@@ -224,10 +224,21 @@ def _replica_counts(ctx: click.Context, param: click.Parameter, value: str) -> l
 @click.option(
     "--micro-batches", default=DEFAULT_MICRO_BATCHES, show_default=True, type=click.IntRange(min=1)
 )
-def schedule_cmd(stages: int, replicas: list[int], micro_batches: int) -> None:
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="check this JSON plan file instead of --stages/--replicas/--micro-batches",
+)
+def schedule_cmd(
+    stages: int, replicas: list[int], micro_batches: int, plan_file: Path | None
+) -> None:
     """Print each function's action list for a plan and prove it deadlock-free."""
     from funcpipe.planning.plan import Stage
 
+    if plan_file is not None:
+        _print_schedule(Plan.from_json(plan_file.read_text()))
+        return
     if len(replicas) == 1:
         replicas = replicas * stages
     elif len(replicas) != stages:
@@ -238,6 +249,10 @@ def schedule_cmd(stages: int, replicas: list[int], micro_batches: int) -> None:
         )
     plan = Plan(stages=[Stage(start=i, end=i + 1, replicas=d) for i, d in enumerate(replicas)],
                 micro_batches=micro_batches)  # fmt: skip
+    _print_schedule(plan)
+
+
+def _print_schedule(plan: Plan) -> None:
     sched = build_schedule(plan)
     check_schedule(sched)
     click.echo(format_schedule(sched))

@@ -33,8 +33,11 @@ class RedisStorage(Storage):
         try:
             return fn(*args)
         except redis.RedisError as exc:
+            hint = ""
+            if isinstance(exc, redis.ConnectionError):
+                hint = "; is a Redis server running there and reachable? (e.g. `redis-server`)"
             raise StorageError(
-                f"redis {what} of {key!r} on {self.description} failed: {exc}"
+                f"redis {what} of {key!r} on {self.description} failed: {exc}{hint}"
             ) from exc
 
     def put(self, key: str, data: bytes) -> None:

@@ -183,3 +183,14 @@ def test_an_optimizer_rejecting_its_options_is_an_error_not_a_traceback(
     code, out = _main(args, monkeypatch, capsys)
     assert code == 1 and "error:" in out and "learning rate" in out
     assert "Traceback" not in out and " step " not in out
+
+
+def test_schedule_checks_a_plan_file(tmp_path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(
+        '{"stages": [{"start": 0, "end": 4, "replicas": 2}, {"start": 4, "end": 9}], '
+        '"micro_batches": 4}'
+    )
+    result = CliRunner().invoke(cli, ["schedule", "--plan", str(plan)])
+    assert result.exit_code == 0, result.output
+    assert "stage0-replica1" in result.output and "no deadlock" in result.output

@@ -61,3 +61,12 @@ def test_a_server_that_never_answers_fails_the_request(tmp_path) -> None:
         server.close()
         for conn in accepted:
             conn.close()
+
+
+def test_no_server_says_to_start_one() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = from_url(f"redis://127.0.0.1:{port}/0")
+    with pytest.raises(StorageError, match="is a Redis server running there"):
+        store.exists("a")

@@ -44,10 +44,8 @@ needs_cgroups = pytest.mark.skipif(not HAS_CGROUPS, reason=NO_CGROUPS)
 BIG = 600 * 1024 * 1024  # bytes; three times the 200 MB cap used below
 
 
-@pytest.fixture(params=["cgroup", "rlimit"])
+@pytest.fixture(params=[pytest.param("cgroup", marks=needs_cgroups), "rlimit"])
 def mem_mode(request: pytest.FixtureRequest) -> str:
-    if request.param == "cgroup" and not HAS_CGROUPS:
-        pytest.skip(NO_CGROUPS)
     return request.param
 
 

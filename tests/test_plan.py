@@ -80,3 +80,34 @@ def test_misspelled_fields_get_a_suggestion() -> None:
         Plan(stages=[{"start": 0, "end": 6, "replica": 2}])
     with pytest.raises(ConfigError, match=r"unknown field 'micro_batchs'; did you mean"):
         Plan(stages=[Stage(start=0, end=3)], micro_batchs=3)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("replicas", True),
+        ("replicas", "2"),
+        ("replicas", 2.0),
+        ("memory_mb", "2048"),
+        ("start", False),
+        ("end", 3.5),
+    ],
+)
+def test_stage_fields_are_strict_integers(field: str, value: object) -> None:
+    fields = {"start": 0, "end": 3, field: value}
+    with pytest.raises(ConfigError, match=rf"Stage.{field}: must be an integer, got"):
+        Stage(**fields)
+
+
+def test_plan_fields_are_strict_integers() -> None:
+    with pytest.raises(ConfigError, match=r"Plan.micro_batches: must be an integer, got bool"):
+        Plan(stages=[Stage(start=0, end=3)], micro_batches=True)
+    text = '{"stages": [{"start": 0, "end": 3, "replicas": "2"}], "micro_batches": 2}'
+    with pytest.raises(ConfigError, match=r"stages.0: Stage.replicas: must be an integer, got str"):
+        Plan.from_json(text)
+
+
+def test_integer_like_values_are_accepted() -> None:
+    np = pytest.importorskip("numpy")
+    stage = Stage(start=np.int64(0), end=np.int32(3), replicas=2)
+    assert stage.end == 3 and type(stage.end) is int

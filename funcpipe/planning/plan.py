@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import difflib
 import json
-from typing import Any
+import numbers
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from funcpipe.errors import ConfigError
 
@@ -20,15 +28,29 @@ MIN_MEMORY_MB = 128
 MAX_MEMORY_MB = 10_240
 
 
+def _whole_number(value: Any) -> int:
+    """Accept integers only: pydantic's lax mode would turn True into 1 and "2" into 2, which
+    hides a typo (or a flag passed for a count) until it runs the wrong plan."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"must be an integer, got {type(value).__name__} {value!r}; write it as a number "
+            "without quotes, e.g. 2"
+        )
+    return int(value)
+
+
+StrictCount = Annotated[int, BeforeValidator(_whole_number)]
+
+
 class Stage(BaseModel):
     """Layers ``[start, end)`` on ``replicas`` functions of ``memory_mb`` MB each."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    start: int
-    end: int
-    replicas: int = 1
-    memory_mb: int = 3008
+    start: StrictCount
+    end: StrictCount
+    replicas: StrictCount = 1
+    memory_mb: StrictCount = 3008
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -80,7 +102,7 @@ class Plan(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     stages: tuple[Stage, ...]
-    micro_batches: int = 1
+    micro_batches: StrictCount = 1
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -17,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from funcpipe import codec
+from funcpipe.client.jobs import Heartbeat, new_job_id, validate_job_id
 from funcpipe.client.pricing import AWS_LAMBDA, Pricing
 from funcpipe.errors import ConfigError, FunctionFailed, MemoryExceeded, StorageTimeout
 from funcpipe.planning.plan import Plan
@@ -121,7 +121,7 @@ def train(
     steps = _resolve_steps(steps, batches)
     schedule = build_schedule(plan)
     check_schedule(schedule)
-    job_id = job_id or uuid.uuid4().hex[:12]
+    job_id = new_job_id() if job_id is None else validate_job_id(job_id)
     link = link or LinkConfig()
     _warm_up(optimizer)
 
@@ -143,6 +143,7 @@ def train(
         # The client's own requests (data, reports, weights) are priced too: count them.
         jobs = ThrottledStorage(PrefixedStorage(root, prefix), LinkConfig(enabled=False))
         cleanup.callback(_delete_job, root, prefix)
+        cleanup.enter_context(Heartbeat(root, job_id))
         plat = _make_platform(platform) if isinstance(platform, str) else platform
         if isinstance(platform, str):
             cleanup.callback(plat.close)

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from funcpipe.runtime.schedule import Channel
 
+#: Every job's keys live under this prefix.
+JOBS_ROOT = "jobs/"
+
 
 def job_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}/"
+    return f"{JOBS_ROOT}{job_id}/"
+
+
+def manifest() -> str:
+    """The client's start time and last heartbeat, so ``funcpipe clean`` can tell live from dead."""
+    return "manifest"
 
 
 def transfer(step: int, ch: Channel) -> str:

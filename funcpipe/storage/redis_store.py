@@ -6,7 +6,7 @@ Listing uses SCAN (never KEYS, which blocks the server) and is for cleanup only.
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 from funcpipe.errors import ConfigError, KeyNotFound, StorageError
 from funcpipe.storage.base import Storage, redact_url, validate_key, validate_prefix
@@ -22,9 +22,14 @@ __all__ = ["RedisStorage", "from_url"]
 class RedisStorage(Storage):
     """Objects as Redis strings on one database of one server."""
 
-    def __init__(self, client: redis.Redis, description: str = "redis") -> None:
+    def __init__(
+        self, client: redis.Redis, description: str = "redis", *, ttl_s: int | None = None
+    ) -> None:
         self.client = client
         self.description = description
+        # Every put (re)sets the key's expiry, so a job killed without cleaning up leaves keys
+        # that Redis drops by itself; a running job rewrites its keys long before they expire.
+        self.ttl_s = ttl_s or None
 
     def __repr__(self) -> str:
         return f"RedisStorage({self.description!r})"
@@ -41,7 +46,7 @@ class RedisStorage(Storage):
             ) from exc
 
     def put(self, key: str, data: bytes) -> None:
-        self._call("SET", key, self.client.set, validate_key(key), bytes(data))
+        self._call("SET", key, self.client.set, validate_key(key), bytes(data), self.ttl_s)
 
     def get(self, key: str) -> bytes:
         value = self._call("GET", key, self.client.get, validate_key(key))
@@ -79,11 +84,39 @@ class RedisStorage(Storage):
 #: request gives up after this long (override with socket_timeout=...).
 DEFAULT_SOCKET_TIMEOUT_S = 10.0
 
+#: Keys expire this long after their last write (7 days), so a dead job's leftovers go away even
+#: if nobody runs `funcpipe clean`; ttl_s=0 keeps keys forever.
+DEFAULT_TTL_S = 7 * 24 * 3600
+
+
+def _pop_ttl(url: str, options: dict[str, object], shown: str) -> tuple[str, int | None]:
+    """Take ``ttl_s`` out of the URL's query (redis-py would pass it to the connection)."""
+    parsed = urlparse(url)
+    query = parse_qsl(parsed.query, keep_blank_values=True)
+    raw: object = DEFAULT_TTL_S
+    for name, value in query:
+        if name == "ttl_s":
+            raw = value
+    raw = options.pop("ttl_s", raw)
+    try:
+        ttl = int(raw)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        ttl = -1
+    if ttl < 0 or isinstance(raw, bool | float):
+        raise ConfigError(
+            f"redis storage {shown!r}: ttl_s must be a whole number of seconds >= 0 "
+            f"(0 = never expire), got {raw!r}"
+        )
+    rest = urlencode([(n, v) for n, v in query if n != "ttl_s"])
+    return urlunparse(parsed._replace(query=rest)), ttl or None
+
 
 def from_url(url: str, **options: object) -> RedisStorage:
-    """'redis://[:password@]host:port/db'; options go to redis.Redis (e.g. socket_timeout)."""
+    """'redis://[:password@]host:port/db[?ttl_s=N]'; other options go to redis.Redis (e.g.
+    socket_timeout). ``ttl_s`` is every key's expiry after its last write (default 7 days)."""
     parsed = urlparse(url)
     shown = redact_url(url)  # never echo the password
+    url, ttl_s = _pop_ttl(url, options, shown)
     if not parsed.hostname:
         raise ConfigError(
             f"redis storage URL {shown!r} needs a host, e.g. 'redis://127.0.0.1:6379/0'"
@@ -98,4 +131,5 @@ def from_url(url: str, **options: object) -> RedisStorage:
             message = message.replace(parsed.password, "***")
         raise ConfigError(f"invalid redis storage URL or option for {shown!r}: {message}") from None
     # Never echo the password: describe the server by host, port and database only.
-    return RedisStorage(client, f"redis://{parsed.hostname}:{parsed.port or 6379}{parsed.path}")
+    described = f"redis://{parsed.hostname}:{parsed.port or 6379}{parsed.path}"
+    return RedisStorage(client, described, ttl_s=ttl_s)

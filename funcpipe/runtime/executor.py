@@ -108,11 +108,17 @@ class Executor:
         """Result of a lane's transfer. Each storage wait has its own timeout; a lane may hold
         every transfer of the step ahead of this one, hence the bound."""
         bound = self.timeout_s * (len(self.actions) + 1) + 30
+        t0 = time.monotonic()
         try:
             return fut.result(timeout=bound)
         except FutureTimeout:
+            # On Python >= 3.11 this class is the builtin TimeoutError, which a storage wait's
+            # own StorageTimeout also is: that one already names its key and its true wait.
+            if fut.done():
+                raise
             raise StorageTimeout(
-                f"{self.worker}: {action} did not finish within {bound:.0f} s"
+                f"{self.worker}: {action} did not finish within "
+                f"{time.monotonic() - t0:.0f} s (its lane was still busy)"
             ) from None
 
     def _compute(

@@ -243,9 +243,11 @@ def prune_checkpoints(storage: Storage, keep: Checkpoint) -> int:
     doomed = set()
     for key in storage.list(ROOT):
         m = re.match(r"^ckpt/step(\d+)/g(\d+)/", key)
-        if m and (int(m.group(1)), int(m.group(2))) != (keep.step, keep.generation):
-            if int(m.group(1)) <= keep.step:
-                doomed.add(key)
+        if not m:
+            continue
+        step, gen = int(m.group(1)), int(m.group(2))
+        if step <= keep.step and (step, gen) != (keep.step, keep.generation):
+            doomed.add(key)
     for key in sorted(doomed):
         storage.delete(key)
     return len(doomed)

@@ -34,6 +34,8 @@ class StepTrace:
     start: float = 0.0
     end: float = 0.0
     loss: float = 0.0
+    correct: int = 0  # validation only: correct and counted predictions
+    counted: int = 0
     spans: list[tuple[str, str, float, float]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -56,9 +58,11 @@ class Executor:
         timeout_s: float,
         sync_algorithm: str = "pipelined",
         overlap: bool = True,
+        eval_actions: list[Action] | None = None,
     ) -> None:
         self.worker = worker
         self.actions = actions
+        self.eval_actions = eval_actions or []
         self.runner = runner
         self.storage = storage
         self.replicas = replicas
@@ -77,8 +81,25 @@ class Executor:
         for pool in self._lanes.values():
             pool.shutdown(wait=wait, cancel_futures=True)
 
-    def run_step(self, step: int) -> StepTrace:
+    def run_step(self, step: int, *, evaluate: bool = False) -> StepTrace:
+        """Run training step ``step``; with ``evaluate``, the validation pass after ``step`` steps.
+
+        A validation pass walks ``eval_actions`` by the same rules; its trace's ``loss`` is the
+        weighted validation loss of this function's micro-batches (last stage only).
+        """
         trace = StepTrace(step, start=time.time())
+        actions = self.eval_actions if evaluate else self.actions
+        if evaluate:
+            self.runner.layers.eval()
+        try:
+            self._walk(step, actions, evaluate, trace)
+        finally:
+            if evaluate:
+                self.runner.layers.train()
+        trace.end = time.time()
+        return trace
+
+    def _walk(self, step: int, actions: list[Action], evaluate: bool, trace: StepTrace) -> None:
         downloads: dict[Action, Future[tuple[Any, dict[str, str]]]] = {}
         uploads: list[Future[None]] = []
         produced: dict[Action, Any] = {}  # compute results waiting to be uploaded
@@ -87,22 +108,24 @@ class Executor:
             a = Action(op, self.worker.stage, mb)
             return self._await(downloads.pop(a), a)
 
-        for a in self.actions:
+        for a in actions:
             if a.lane is Lane.DOWNLOAD:
-                downloads[a] = self._lanes[Lane.DOWNLOAD].submit(self._download, step, a, trace)
+                downloads[a] = self._lanes[Lane.DOWNLOAD].submit(
+                    self._download, step, a, trace, evaluate
+                )
                 if not self.overlap:
                     self._await(downloads[a], a)
             elif a.lane is Lane.UPLOAD:
                 value = produced.pop(a)
-                uploads.append(self._lanes[Lane.UPLOAD].submit(self._upload, step, a, value, trace))
+                uploads.append(
+                    self._lanes[Lane.UPLOAD].submit(self._upload, step, a, value, trace, evaluate)
+                )
                 if not self.overlap:
                     self._await(uploads[-1], a)
             else:
                 self._compute(step, a, arrived, produced, trace)
-        for fut, a in zip(uploads, [a for a in self.actions if a.lane is Lane.UPLOAD], strict=True):
+        for fut, a in zip(uploads, [a for a in actions if a.lane is Lane.UPLOAD], strict=True):
             self._await(fut, a)
-        trace.end = time.time()
-        return trace
 
     def _await(self, fut: Future[Any], action: Action) -> Any:
         """Result of a lane's transfer. Each storage wait has its own timeout; a lane may hold
@@ -154,6 +177,19 @@ class Executor:
             t0 = time.time()
             if runner.params:  # every replica holds the same layers, so all skip together
                 self._sync(step)
+        elif a.op is Op.EVAL_FORWARD:
+            value, _ = arrived(Op.LOAD_INPUT if runner.is_first else Op.RECV_ACT, b)
+            set_activity(f"validation mb {b}, after step {step}")
+            t0 = time.time()
+            out = runner.eval_forward(value)
+            if runner.is_last:
+                targets, meta = arrived(Op.LOAD_TARGET, b)
+                loss, correct, counted = runner.score(out, targets, float(meta["weight"]))
+                trace.loss += loss
+                trace.correct += correct
+                trace.counted += counted
+            else:
+                produced[Action(Op.SEND_ACT, s, b)] = out
         elif a.op is Op.STEP:
             set_activity(f"optimizer step, step {step}")
             t0 = time.time()
@@ -177,14 +213,24 @@ class Executor:
         )
         runner.set_flat_grads(flat)
 
-    def _download(self, step: int, a: Action, trace: StepTrace) -> tuple[Any, dict[str, str]]:
+    def _download(
+        self, step: int, a: Action, trace: StepTrace, evaluate: bool = False
+    ) -> tuple[Any, dict[str, str]]:
         t0 = time.time()
-        data = self.storage.wait(keys.transfer(step, channel(a)), self.timeout_s, delete=True)
+        ch = channel(a)
+        if evaluate:  # validation data stays for the next pass; activations are read once
+            key, once = keys.eval_transfer(step, ch), ch.kind not in ("input", "target")
+        else:
+            key, once = keys.transfer(step, ch), True
+        data = self.storage.wait(key, self.timeout_s, delete=once)
         value, meta = codec.decode(data)
         trace.record(a, t0, time.time())
         return value, meta
 
-    def _upload(self, step: int, a: Action, value: Any, trace: StepTrace) -> None:
+    def _upload(
+        self, step: int, a: Action, value: Any, trace: StepTrace, evaluate: bool = False
+    ) -> None:
         t0 = time.time()
-        self.storage.put(keys.transfer(step, channel(a)), codec.encode(value))
+        key = (keys.eval_transfer if evaluate else keys.transfer)(step, channel(a))
+        self.storage.put(key, codec.encode(value))
         trace.record(a, t0, time.time())

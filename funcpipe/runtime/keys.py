@@ -39,3 +39,15 @@ def report(step: int, stage: int, replica: int) -> str:
 def final_state(stage: int) -> str:
     """The trained parameters and buffers of one stage, written by its replica 0."""
     return f"final/s{stage}"
+
+
+def eval_transfer(boundary: int, ch: Channel) -> str:
+    """Key of a validation transfer; inputs and targets are stored once and read every time."""
+    if ch.kind in ("input", "target"):
+        return f"evaldata/{ch.kind}/mb{ch.micro_batch}"
+    return f"eval{boundary}/{ch.kind}/s{ch.stage}/mb{ch.micro_batch}"
+
+
+def eval_report(boundary: int, stage: int, replica: int) -> str:
+    """A last-stage function's validation scores after ``boundary`` steps."""
+    return f"eval{boundary}/report/s{stage}r{replica}"

@@ -38,6 +38,7 @@ class Op(str, Enum):
     SEND_GRAD = "send_grad"  # upload the gradient of my input for the previous stage
     SYNC = "sync"  # scatter-reduce gradients among the stage's replicas
     STEP = "step"  # optimizer step
+    EVAL_FORWARD = "eval_forward"  # forward only, no autograd; the last stage scores the output
 
 
 class Lane(str, Enum):
@@ -59,6 +60,7 @@ LANE: dict[Op, Lane] = {
     Op.SEND_GRAD: Lane.UPLOAD,
     Op.SYNC: Lane.COMPUTE,
     Op.STEP: Lane.COMPUTE,
+    Op.EVAL_FORWARD: Lane.COMPUTE,
 }
 
 
@@ -136,8 +138,12 @@ def local_deps(action: Action, actions: list[Action]) -> list[Action]:
 
     if op is Op.FORWARD:
         return have(Action(Op.RECV_ACT, s, b), Action(Op.LOAD_INPUT, s, b))
+    if op is Op.EVAL_FORWARD:
+        return have(
+            Action(Op.RECV_ACT, s, b), Action(Op.LOAD_INPUT, s, b), Action(Op.LOAD_TARGET, s, b)
+        )
     if op is Op.SEND_ACT:
-        return have(Action(Op.FORWARD, s, b))
+        return have(Action(Op.FORWARD, s, b), Action(Op.EVAL_FORWARD, s, b))
     if op is Op.BACKWARD:
         return have(
             Action(Op.FORWARD, s, b), Action(Op.RECV_GRAD, s, b), Action(Op.LOAD_TARGET, s, b)
@@ -182,6 +188,44 @@ def build_schedule(plan: Plan) -> Schedule:
             if stage.replicas > 1:
                 actions.append(Action(Op.SYNC, s))
             actions.append(Action(Op.STEP, s))
+            schedule[WorkerId(s, r)] = actions
+    return schedule
+
+
+def build_eval_schedule(plan: Plan, micro_batches: int) -> Schedule:
+    """Forward-only pass of ``micro_batches`` validation micro-batches through the pipeline.
+
+    Micro-batch b belongs to replica b mod d_s, as in training. Each function keeps a window of
+    downloads in flight (its share of one global batch's micro-batches), so memory stays that of
+    a training step however large the validation set is; the last stage scores each micro-batch
+    (loss, and accuracy where the task has one) instead of sending it on.
+    """
+    if not isinstance(micro_batches, int) or micro_batches < 1:
+        raise ValueError(f"micro_batches must be a positive integer, got {micro_batches!r}")
+    last = plan.num_stages - 1
+    schedule: Schedule = {
+        CLIENT: [
+            a
+            for b in range(micro_batches)
+            for a in (Action(Op.PUT_INPUT, 0, b), Action(Op.PUT_TARGET, last, b))
+        ]
+    }
+    for s, stage in enumerate(plan.stages):
+        for r in range(stage.replicas):
+            mine = list(range(r, micro_batches, stage.replicas))
+            window = max(1, len(plan.micro_batches_of(s, r)))
+
+            def loads(b: int, s: int = s) -> list[Action]:
+                out = [Action(Op.RECV_ACT if s > 0 else Op.LOAD_INPUT, s, b)]
+                return out + [Action(Op.LOAD_TARGET, s, b)] if s == last else out
+
+            actions = [a for b in mine[:window] for a in loads(b)]
+            for i, b in enumerate(mine):
+                actions.append(Action(Op.EVAL_FORWARD, s, b))
+                if s < last:
+                    actions.append(Action(Op.SEND_ACT, s, b))
+                if i + window < len(mine):
+                    actions += loads(mine[i + window])
             schedule[WorkerId(s, r)] = actions
     return schedule
 

@@ -105,6 +105,38 @@ class StageRunner:
             for x in inputs
         )
 
+    def eval_forward(self, inputs: Value) -> Value:
+        """Forward of one validation micro-batch: no autograd, nothing kept for a backward."""
+        with torch.no_grad():
+            out = self.layers(inputs)
+        if not self.is_last:
+            _check_value(out, f"stage {self.stage}")
+        return out
+
+    def score(self, out: Any, targets: Any, weight: float) -> tuple[float, int, int]:
+        """``weight`` * loss of a validation micro-batch, and (correct, counted) predictions.
+
+        Accuracy exists where the task has one: integer targets with one score per class in the
+        output's last dimension (classification, masked language modelling). Targets equal to
+        the loss's ``ignore_index`` (-100 by default) are not counted. Otherwise (0, 0).
+        """
+        with torch.no_grad():
+            loss = self.loss_fn(out, targets)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ConfigError("loss_fn must return a scalar tensor (use mean reduction)")
+        correct = counted = 0
+        if (
+            isinstance(out, torch.Tensor)
+            and isinstance(targets, torch.Tensor)
+            and not targets.is_floating_point()
+            and out.dim() == targets.dim() + 1
+            and out.shape[:-1] == targets.shape
+        ):
+            keep = targets != getattr(self.loss_fn, "ignore_index", -100)
+            correct = int((out.argmax(-1) == targets)[keep].sum())
+            counted = int(keep.sum())
+        return weight * float(loss), correct, counted
+
     def flat_grads(self) -> torch.Tensor:
         """All parameter gradients as one vector to sum across replicas.
 

@@ -33,6 +33,10 @@ class StorageTimeout(StorageError, TimeoutError):
     """A blocking wait for a key ran past its deadline."""
 
 
+class StorageUnavailable(StorageError):
+    """Storage kept failing (timeouts, 5xx, connection resets) for a request's whole deadline."""
+
+
 class ScheduleError(FuncPipeError):
     """A schedule is malformed or can deadlock."""
 

@@ -187,7 +187,8 @@ def train(
                 feeder.feed(t + 2)
                 # The client's requests since the last step (data it fed, reports it polled).
                 now = jobs.stats.snapshot()
-                client_puts, client_gets = now.puts - counted.puts, now.gets - counted.gets
+                client_puts = now.put_class() - counted.put_class()
+                client_gets = now.get_class() - counted.get_class()
                 counted = now
                 stats = _step_stats(t, step_reports, plan, pricing, client_puts, client_gets)
                 if t == 0:
@@ -466,8 +467,14 @@ def _step_stats(
     end = max(r["end"] for r in reports)
     last = plan.num_stages - 1
     loss = sum(r["loss"] for r in reports if r["stage"] == last)
-    puts = client_puts + sum(r["traffic"].get("puts", 0) for r in reports)
-    gets = client_gets + sum(r["traffic"].get("gets", 0) for r in reports)
+    # Billed classes (storage.throttle.LinkStats): PUT, LIST and DeleteObjects at the PUT rate,
+    # GET (every poll of a wait included) and HEAD at the GET rate.
+    puts = client_puts + sum(
+        sum(r["traffic"].get(k, 0) for k in ("puts", "lists", "bulk_deletes")) for r in reports
+    )
+    gets = client_gets + sum(
+        r["traffic"].get("gets", 0) + r["traffic"].get("heads", 0) for r in reports
+    )
     cost = pricing.compute_cost(plan, end - start) + pricing.request_cost(puts, gets)
     return StepStats(
         step=t,

@@ -12,23 +12,29 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse
 
 from funcpipe.errors import ConfigError
 from funcpipe.storage.base import Storage, redact_url, validate_key, validate_prefix
+from funcpipe.storage.faults import FaultInjector, faults_from_env, parse_rate
 from funcpipe.storage.local_dir import LocalDirStorage
 from funcpipe.storage.memory import MemoryStorage
 from funcpipe.storage.prefixed import PrefixedStorage
-from funcpipe.storage.throttle import LinkConfig, LinkStats, ThrottledStorage
+from funcpipe.storage.retry import DEFAULT_DEADLINE_S, RetryPolicy
+from funcpipe.storage.throttle import LinkConfig, LinkStats, ThrottledStorage, default_link
 
 __all__ = [
+    "DEFAULT_DEADLINE_S",
+    "FaultInjector",
     "LinkConfig",
     "LinkStats",
+    "RetryPolicy",
     "LocalDirStorage",
     "MemoryStorage",
     "PrefixedStorage",
     "Storage",
     "ThrottledStorage",
+    "default_link",
     "default_local_root",
     "open_storage",
     "redact_url",
@@ -88,12 +94,65 @@ register_backend("local", _local_from_url)
 register_backend("memory", _memory_from_url)
 
 
+#: Options every backend takes, in the query string or as keywords (see open_storage).
+_COMMON = ("deadline_s", "faults", "faults_seed")
+
+
+def _split_common(url: str, options: dict[str, object]) -> tuple[str, dict[str, object]]:
+    """Take the common options out of ``url``'s query and ``options`` (keywords win)."""
+    common: dict[str, object] = {}
+    base, sep, query = url.partition("?")
+    if sep:
+        rest = []
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            if name in _COMMON:
+                common[name] = value
+            else:
+                rest.append((name, value))
+        url = f"{base}?{urlencode(rest, safe=':/')}" if rest else base
+    for name in _COMMON:
+        if name in options:
+            common[name] = options.pop(name)
+    return url, common
+
+
+def _request_settings(
+    common: dict[str, object], store: Storage
+) -> tuple[RetryPolicy | None, FaultInjector | None]:
+    retry = None
+    if common.get("deadline_s") is not None:
+        try:
+            deadline = float(str(common["deadline_s"]))
+        except ValueError:
+            deadline = -1.0
+        if not deadline > 0:
+            raise ConfigError(
+                f"storage option deadline_s={common['deadline_s']!r} must be a positive number "
+                "of seconds (how long one request may keep retrying)"
+            )
+        retry = RetryPolicy(deadline_s=deadline, max_attempts=store.retry.max_attempts)
+    faults = faults_from_env()
+    if common.get("faults") is not None:
+        rate = parse_rate(common["faults"], "storage option faults")
+        seed = common.get("faults_seed")
+        faults = FaultInjector(rate, seed=int(str(seed)) if seed is not None else None)
+    return retry, faults
+
+
 def open_storage(url: str = "local", **options: object) -> Storage:
     """Open the backend named by ``url``: 'local', 'local:///abs/dir', '/abs/dir',
     'memory://' (this process only), 'redis://host:port/db' or
-    's3://bucket/prefix?endpoint_url=...'."""
+    's3://bucket/prefix?endpoint_url=...'.
+
+    Options of every backend, in the URL's query or as keywords:
+    ``deadline_s`` bounds each request, retries included (default
+    :data:`~funcpipe.storage.retry.DEFAULT_DEADLINE_S`; pass the job's ``timeout_s``);
+    ``faults`` (a fraction) and ``faults_seed`` inject failures for tests, as does the
+    environment variable FUNCPIPE_FAULTS (see :mod:`funcpipe.storage.faults`).
+    """
     if not isinstance(url, str) or not url:
         raise ConfigError(f"storage URL must be a non-empty string, got {url!r}")
+    url, common = _split_common(url, options)
     scheme = "local" if url == "local" or url.startswith("/") else urlparse(url).scheme
     if scheme not in _FACTORIES and scheme in _LAZY:
         module, extra = _LAZY[scheme]
@@ -109,4 +168,8 @@ def open_storage(url: str = "local", **options: object) -> Storage:
             f"unknown storage URL {redact_url(url)!r}: scheme {scheme!r} is not one of {known} "
             "(or an absolute local path)"
         )
-    return _FACTORIES[scheme](url, **options)
+    store = _FACTORIES[scheme](url, **options)
+    retry, faults = _request_settings(common, store)
+    if retry is not None or faults is not None:
+        store.configure_requests(retry, faults)
+    return store

@@ -11,15 +11,26 @@ from __future__ import annotations
 import abc
 import re
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from funcpipe.errors import ConfigError, KeyNotFound, StorageTimeout
+from funcpipe.storage.retry import RetryPolicy, call_with_retries
+
+if TYPE_CHECKING:
+    from funcpipe.storage.faults import FaultInjector
 
 __all__ = ["POLL_MAX_S", "Storage", "validate_key", "validate_prefix"]
 
-#: Longest pause between two polls of one key in :meth:`Storage.wait`.
+T = TypeVar("T")
+
+#: Longest pause between two polls of one key in :meth:`Storage.wait`, for stores where a poll
+#: is free and fast (local, Redis); S3 overrides it (every poll is a billed GET).
 POLL_MAX_S = 0.01
 _POLL_MIN_S = 0.0005
+#: How many timed-out waits' poll paces a store remembers (see Storage.wait).
+_PACES_KEPT = 4096
 
 _PART = re.compile(r"[A-Za-z0-9_.=+-]+")
 
@@ -75,6 +86,12 @@ class Storage(abc.ABC):
     #: True when other processes opening the same URL see the same objects; functions run in
     #: their own processes, so training needs such a store.
     shared_across_processes: bool = True
+    #: Longest pause between two polls of a wait (see :meth:`wait`).
+    poll_max_s: float = POLL_MAX_S
+    #: Deadline and attempts of each request; set with :meth:`configure_requests`.
+    retry: RetryPolicy = RetryPolicy()
+    #: Injected faults (tests); None in normal operation.
+    faults: FaultInjector | None = None
 
     @abc.abstractmethod
     def put(self, key: str, data: bytes) -> None:
@@ -110,31 +127,64 @@ class Storage(abc.ABC):
         """Block until ``key`` exists and return its bytes (deleting it if ``delete``).
 
         ``delete=True`` is a get followed by a delete, so it is meant for keys written once and
-        read by one reader (the runtime's transfers), never for keys that are rewritten.
+        read by one reader (the runtime's transfers), never for keys that are rewritten. The
+        delete is retried on its own (deletes are idempotent), never the get: once the bytes are
+        here they are returned, even when the delete could not be confirmed.
 
-        Polls that one key with a backoff capped at :data:`POLL_MAX_S`; raises StorageTimeout
-        naming the key once ``timeout`` seconds have passed.
+        Polls that one key (never a listing) with a backoff: quick first polls, then a pause
+        that doubles up to :attr:`poll_max_s`. Every poll is a request of its own (a GET, billed
+        on S3, counted by ThrottledStorage). A wait that timed out leaves its pace behind, so a
+        caller that waits in slices (to check for an abort in between) resumes where it left
+        off instead of starting over with quick polls. Raises StorageTimeout naming the key
+        once ``timeout`` seconds have passed.
         """
         validate_key(key)
         if timeout < 0:
             raise ConfigError(f"wait timeout must be >= 0 seconds, got {timeout}")
         deadline = time.monotonic() + timeout
-        pause = _POLL_MIN_S
+        paces = self._poll_paces()
+        pause = paces.pop(key, _POLL_MIN_S)
         while True:
             try:
                 data = self.get(key)
             except KeyNotFound:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if len(paces) < _PACES_KEPT:
+                        paces[key] = pause
                     raise StorageTimeout(
                         f"timed out after {timeout:g} s waiting for storage key {key!r}"
                     ) from None
                 time.sleep(min(pause, remaining))
-                pause = min(pause * 2, POLL_MAX_S)
+                pause = min(pause * 2, self.poll_max_s)
                 continue
             if delete:
                 self.delete(key)
             return data
+
+    def _poll_paces(self) -> dict[str, float]:
+        try:
+            return self.__dict__["_paces"]
+        except KeyError:
+            return self.__dict__.setdefault("_paces", {})
+
+    def _request(self, what: str, fn: Callable[[], T]) -> T:
+        """One backend request: ``fn`` raises Transient on a failure worth retrying.
+
+        Retried under :attr:`retry`; faults from :attr:`faults` are injected under the retries.
+        """
+        faults = self.faults
+        if faults is None:
+            return call_with_retries(self.retry, what, fn)
+        return call_with_retries(self.retry, what, lambda: faults.around(fn))
+
+    def configure_requests(
+        self, retry: RetryPolicy | None = None, faults: FaultInjector | None = None
+    ) -> None:
+        """Set the retry policy (its deadline bounds every request) and injected faults."""
+        if retry is not None:
+            self.retry = retry
+        self.faults = faults
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections or clients; the object must not be used afterwards."""

@@ -40,8 +40,12 @@ class LocalDirStorage(Storage):
     def _path(self, key: str) -> Path:
         return self.root / (validate_key(key) + _OBJ)
 
+    # Local requests never fail transiently; they go through _request for injected faults.
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
+        self._request(f"local PUT of {key!r}", lambda: self._put(key, path, data))
+
+    def _put(self, key: str, path: Path, data: bytes) -> None:
         tmp = path.with_name(f"{path.name[:-1]}#{uuid.uuid4().hex}.tmp")
         for _ in range(50):  # a concurrent delete/prune may remove the directory under us
             try:
@@ -60,17 +64,25 @@ class LocalDirStorage(Storage):
         raise StorageError(f"cannot write storage key {key!r}: its directory keeps vanishing")
 
     def get(self, key: str) -> bytes:
+        path = self._path(key)
+        return self._request(f"local GET of {key!r}", lambda: self._get(key, path))
+
+    def _get(self, key: str, path: Path) -> bytes:
         try:
-            with open(self._path(key), "rb") as f:
+            with open(path, "rb") as f:
                 return f.read()
         except (FileNotFoundError, NotADirectoryError):
             raise KeyNotFound(f"storage key {key!r} not found under {self.root}") from None
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        path = self._path(key)
+        return self._request(f"local HEAD of {key!r}", path.is_file)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
+        self._request(f"local DELETE of {key!r}", lambda: self._delete(path))
+
+    def _delete(self, path: Path) -> None:
         try:
             path.unlink()
         except (FileNotFoundError, NotADirectoryError):
@@ -100,10 +112,15 @@ class LocalDirStorage(Storage):
         return top, sorted(keys)
 
     def list(self, prefix: str) -> list[str]:
-        return self._walk(validate_prefix(prefix))[1]
+        validate_prefix(prefix)
+        return self._request(f"local LIST of {prefix!r}", lambda: self._walk(prefix)[1])
 
     def delete_prefix(self, prefix: str) -> int:
-        top, keys = self._walk(validate_prefix(prefix))
+        validate_prefix(prefix)
+        return self._request(f"local DELETE-PREFIX {prefix!r}", lambda: self._delete_all(prefix))
+
+    def _delete_all(self, prefix: str) -> int:
+        top, keys = self._walk(prefix)
         count = 0
         for key in keys:
             try:

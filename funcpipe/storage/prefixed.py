@@ -16,6 +16,7 @@ class PrefixedStorage(Storage):
     def __init__(self, inner: Storage, prefix: str) -> None:
         self.inner = inner
         self.prefix = validate_key(prefix.rstrip("/")) + "/"
+        self.poll_max_s = inner.poll_max_s
 
     def __repr__(self) -> str:
         return f"PrefixedStorage({self.inner!r}, {self.prefix[:-1]!r})"

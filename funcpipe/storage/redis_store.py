@@ -6,13 +6,18 @@ Listing uses SCAN (never KEYS, which blocks the server) and is for cleanup only.
 
 from __future__ import annotations
 
+import os
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 from funcpipe.errors import ConfigError, KeyNotFound, StorageError
 from funcpipe.storage.base import Storage, redact_url, validate_key, validate_prefix
+from funcpipe.storage.faults import FaultInjector
+from funcpipe.storage.retry import RetryPolicy, Transient
 
 try:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 except ImportError as exc:  # open_storage turns this into an install hint
     raise ImportError("the 'redis' package is required for redis:// storage") from exc
 
@@ -35,15 +40,37 @@ class RedisStorage(Storage):
         return f"RedisStorage({self.description!r})"
 
     def _call(self, what: str, key: str, fn, *args):
+        """One Redis command, retried on timeouts and broken or refused connections."""
+
+        def attempt():
+            try:
+                return fn(*args)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise Transient(f"{type(exc).__name__}: {exc}") from exc
+
         try:
-            return fn(*args)
+            return self._request(f"redis {what} of {key!r} on {self.description}", attempt)
+        except StorageError as exc:  # retries ran out
+            if isinstance(getattr(exc.__cause__, "__cause__", None), redis.ConnectionError):
+                exc.args = (
+                    f"{exc}; is a Redis server running there and reachable? (e.g. `redis-server`)",
+                )
+            raise
         except redis.RedisError as exc:
-            hint = ""
-            if isinstance(exc, redis.ConnectionError):
-                hint = "; is a Redis server running there and reachable? (e.g. `redis-server`)"
             raise StorageError(
-                f"redis {what} of {key!r} on {self.description} failed: {exc}{hint}"
+                f"redis {what} of {key!r} on {self.description} failed: {exc}"
             ) from exc
+
+    def configure_requests(
+        self, retry: RetryPolicy | None = None, faults: FaultInjector | None = None
+    ) -> None:
+        """As Storage's, and each attempt's socket timeouts stay within the new deadline."""
+        super().configure_requests(retry, faults)
+        limit = self.retry.attempt_timeout_s
+        kwargs = self.client.connection_pool.connection_kwargs
+        for name in ("socket_timeout", "socket_connect_timeout"):
+            if kwargs.get(name) is None or kwargs[name] > limit:
+                kwargs[name] = limit
 
     def put(self, key: str, data: bytes) -> None:
         self._call("SET", key, self.client.set, validate_key(key), bytes(data), self.ttl_s)
@@ -111,9 +138,18 @@ def _pop_ttl(url: str, options: dict[str, object], shown: str) -> tuple[str, int
     return urlunparse(parsed._replace(query=rest)), ttl or None
 
 
+#: Environment variables a Redis password is read from when the URL carries none, so it never
+#: has to appear in a URL, a command line or a job package.
+PASSWORD_ENV = ("FUNCPIPE_REDIS_PASSWORD", "REDIS_PASSWORD")
+
+
 def from_url(url: str, **options: object) -> RedisStorage:
-    """'redis://[:password@]host:port/db[?ttl_s=N]'; other options go to redis.Redis (e.g.
-    socket_timeout). ``ttl_s`` is every key's expiry after its last write (default 7 days)."""
+    """'redis://[[user]:password@]host:port/db[?ttl_s=N]'; other options go to redis.Redis
+    (e.g. socket_timeout). ``ttl_s`` is every key's expiry after its last write (default 7 days).
+
+    Without a password in the URL (the better way), FUNCPIPE_REDIS_PASSWORD or REDIS_PASSWORD
+    supplies it; every process of a job inherits it from the client's environment.
+    """
     parsed = urlparse(url)
     shown = redact_url(url)  # never echo the password
     url, ttl_s = _pop_ttl(url, options, shown)
@@ -121,8 +157,15 @@ def from_url(url: str, **options: object) -> RedisStorage:
         raise ConfigError(
             f"redis storage URL {shown!r} needs a host, e.g. 'redis://127.0.0.1:6379/0'"
         )
+    if parsed.password is None and "password" not in options:
+        for name in PASSWORD_ENV:
+            if os.environ.get(name):
+                options["password"] = os.environ[name]
+                break
     options.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT_S)
     options.setdefault("socket_connect_timeout", DEFAULT_SOCKET_TIMEOUT_S)
+    # One attempt per command: FuncPipe's retries bound the whole request by its deadline.
+    options.setdefault("retry", Retry(NoBackoff(), 0))
     try:
         client = redis.Redis.from_url(url, **options)
     except (ValueError, TypeError) as exc:

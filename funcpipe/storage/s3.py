@@ -18,13 +18,22 @@ from urllib.parse import parse_qsl, urlparse
 
 from funcpipe.errors import ConfigError, KeyNotFound, StorageError
 from funcpipe.storage.base import Storage, validate_key, validate_prefix
+from funcpipe.storage.faults import FaultInjector
+from funcpipe.storage.retry import RetryPolicy, Transient
 
 try:
     import boto3
     import botocore.loaders
     import botocore.session
     from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        HTTPClientError,
+        NoCredentialsError,
+    )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from urllib3.exceptions import HTTPError as Urllib3Error
 except ImportError as exc:  # open_storage turns this into an install hint
     raise ImportError("the 'boto3' package is required for s3:// storage") from exc
 
@@ -37,12 +46,25 @@ LIST_PAGE = 1000
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
+#: Without s3:ListBucket, S3 answers a GET or HEAD of a missing key with 403, not 404.
+_DENIED = {"AccessDenied", "403", "Forbidden"}
+#: Error codes S3 documents as worth retrying (besides any HTTP 5xx).
+_RETRYABLE_CODES = {
+    "SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
+    "ThrottlingException", "RequestTimeTooSkewed", "OperationAborted",
+}  # fmt: skip
+#: Failures of the connection itself (refused, reset, timed out, closed mid-body).
+_NETWORK_ERRORS = (BotoConnectionError, HTTPClientError, Urllib3Error, OSError)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 # Parsed service descriptions, shared by every client: read-only data, so safe across threads
 # and inherited by forked children already warm (a fresh one costs ~0.1 s per client).
 _LOADER = botocore.loaders.create_loader()
+
+
+class BucketMissing(ConfigError):
+    """The storage URL names a bucket that does not exist."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +80,8 @@ class S3Options:
     max_pool_connections: int = 32
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
-    max_attempts: int = 5
+    max_attempts: int = 8
+    poll_max_s: float = 0.05
 
     def describe(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -68,14 +91,26 @@ class S3Options:
 class S3Storage(Storage):
     """Objects under ``prefix/`` in one bucket; keys map one to one onto object keys."""
 
-    def __init__(self, options: S3Options) -> None:
+    def __init__(self, options: S3Options, retry: RetryPolicy | None = None) -> None:
         self.options = options
         self.description = options.describe()
+        self.poll_max_s = options.poll_max_s
+        self.retry = retry or RetryPolicy(max_attempts=options.max_attempts)
+        #: Set once S3 answered a GET/HEAD with 403: then a missing key and a key this role may
+        #: not read look alike, and "not found" messages say so.
+        self.saw_denied = False
         self._root = options.prefix + "/" if options.prefix else ""
         self._pid: int | None = None
         self._client_obj: Any = None
         self._client_lock = threading.Lock()
         self._check_bucket()
+
+    def configure_requests(
+        self, retry: RetryPolicy | None = None, faults: FaultInjector | None = None
+    ) -> None:
+        """As Storage's, and each attempt's socket timeouts stay within the new deadline."""
+        super().configure_requests(retry, faults)
+        self._client_obj = None  # the next request makes a client with the new timeouts
 
     def __repr__(self) -> str:
         return f"S3Storage({self.description!r})"
@@ -98,12 +133,15 @@ class S3Storage(Storage):
     def _make_client(self) -> Any:
         o = self.options
         s3_conf = {"addressing_style": o.addressing_style} if o.addressing_style else {}
+        attempt = self.retry.attempt_timeout_s
         config = Config(
             region_name=o.region,
             max_pool_connections=o.max_pool_connections,
-            connect_timeout=o.connect_timeout_s,
-            read_timeout=o.read_timeout_s,
-            retries={"max_attempts": o.max_attempts, "mode": "standard"},
+            connect_timeout=min(o.connect_timeout_s, attempt),
+            read_timeout=min(o.read_timeout_s, attempt),
+            # One attempt per call: FuncPipe's own retries (funcpipe.storage.retry) bound the
+            # whole request by its deadline and see every attempt.
+            retries={"total_max_attempts": 1, "mode": "standard"},
             s3=s3_conf,
         )
         # A session per client: boto3's default session is not safe to share across threads.
@@ -112,25 +150,60 @@ class S3Storage(Storage):
         session = boto3.session.Session(botocore_session=core)
         return session.client("s3", endpoint_url=o.endpoint_url, config=config)
 
-    def _call(self, what: str, key: str, fn_name: str, **kwargs: Any) -> Any:
+    def _call(self, what: str, key: str, fn_name: str, *, then: Any = None, **kwargs: Any) -> Any:
+        """One S3 request, retried on throttling, 5xx and network failures.
+
+        ``then(response)`` runs inside the attempt (e.g. reading a body), so a connection that
+        breaks mid-body is retried too.
+        """
+
+        def attempt() -> Any:
+            try:
+                resp = getattr(self._client, fn_name)(**kwargs)
+                return then(resp) if then is not None else resp
+            except ClientError as exc:
+                err = exc.response.get("Error", {})
+                code = str(err.get("Code", ""))
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+                if code in _RETRYABLE_CODES or status >= 500:
+                    raise Transient(f"{code or status}: {err.get('Message', exc)}") from exc
+                raise
+            except NoCredentialsError:
+                raise
+            except _NETWORK_ERRORS as exc:
+                raise Transient(f"{type(exc).__name__}: {exc}") from exc
+
         try:
-            return getattr(self._client, fn_name)(**kwargs)
+            return self._request(f"S3 {what} of {key!r} on {self.description}", attempt)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code == "NoSuchBucket":
                 raise self._no_bucket_error() from exc
             if code in _MISSING_KEY:
-                raise KeyNotFound(f"storage key {key!r} not found on {self.description}") from exc
+                raise KeyNotFound(self._not_found(key)) from exc
+            if code in _DENIED and fn_name in ("get_object", "head_object"):
+                self.saw_denied = True
+                raise KeyNotFound(self._not_found(key)) from exc
             raise StorageError(f"S3 {what} of {key!r} on {self.description} failed: {exc}") from exc
         except NoCredentialsError as exc:
             raise _no_credentials_error(self.description) from exc
         except BotoCoreError as exc:
             raise StorageError(f"S3 {what} of {key!r} on {self.description} failed: {exc}") from exc
 
-    def _no_bucket_error(self) -> ConfigError:
+    def _not_found(self, key: str) -> str:
+        message = f"storage key {key!r} not found on {self.description}"
+        if self.saw_denied:
+            message += (
+                " (S3 answers 403 AccessDenied for a missing key when the role lacks "
+                "s3:ListBucket, and also when it lacks s3:GetObject: check the role's policy if "
+                "the key should be there; docs/storage.md lists the actions)"
+            )
+        return message
+
+    def _no_bucket_error(self) -> BucketMissing:
         o = self.options
         endpoint = f" --endpoint-url {o.endpoint_url}" if o.endpoint_url else ""
-        return ConfigError(
+        return BucketMissing(
             f"S3 bucket {o.bucket!r} does not exist on {self.description}; create it "
             f"(e.g. 'aws s3 mb s3://{o.bucket}{endpoint}') or, for tests and local servers, "
             "add create_bucket=true to the storage URL"
@@ -141,17 +214,11 @@ class S3Storage(Storage):
         missing key, so a wait would otherwise run into its timeout."""
         o = self.options
         try:
-            self._client.head_bucket(Bucket=o.bucket)
+            self._call("HEAD-BUCKET", o.bucket, "head_bucket", Bucket=o.bucket)
             return
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code not in ("404", "NoSuchBucket", "NotFound"):
-                raise StorageError(
-                    f"cannot reach S3 bucket {o.bucket!r} on {self.description}: {exc}"
-                ) from exc
-        except NoCredentialsError as exc:
-            raise _no_credentials_error(self.description) from exc
-        except BotoCoreError as exc:
+        except (BucketMissing, KeyNotFound):
+            pass  # the bucket is missing: create it below, or say how to
+        except StorageError as exc:
             raise StorageError(
                 f"cannot reach S3 bucket {o.bucket!r} on {self.description}: {exc}"
             ) from exc
@@ -162,9 +229,12 @@ class S3Storage(Storage):
         if region and region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
         try:
-            self._client.create_bucket(**kwargs)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
+            self._call("CREATE-BUCKET", o.bucket, "create_bucket", **kwargs)
+        except StorageError as exc:
+            cause = exc.__cause__
+            code = ""
+            if isinstance(cause, ClientError):
+                code = str(cause.response.get("Error", {}).get("Code", ""))
             if code != "BucketAlreadyOwnedByYou":  # another process won the race: fine
                 raise StorageError(
                     f"cannot create S3 bucket {o.bucket!r} on {self.description}: {exc}"
@@ -181,12 +251,10 @@ class S3Storage(Storage):
         )
 
     def get(self, key: str) -> bytes:
-        resp = self._call("GET", key, "get_object", Bucket=self.options.bucket, Key=self._key(key))
-        try:
-            with resp["Body"] as body:
-                return body.read()
-        except BotoCoreError as exc:
-            raise StorageError(f"S3 GET of {key!r} on {self.description} failed: {exc}") from exc
+        return self._call(
+            "GET", key, "get_object", then=_read_body, Bucket=self.options.bucket,
+            Key=self._key(key),
+        )  # fmt: skip
 
     def exists(self, key: str) -> bool:
         try:
@@ -245,6 +313,11 @@ class S3Storage(Storage):
         self._client_obj = None
 
 
+def _read_body(resp: dict[str, Any]) -> bytes:
+    with resp["Body"] as body:
+        return body.read()
+
+
 def _no_credentials_error(where: str) -> ConfigError:
     return ConfigError(
         f"no AWS credentials found for {where}: set AWS_ACCESS_KEY_ID and "
@@ -267,6 +340,7 @@ _NUMBERS = {
     "connect_timeout_s": float,
     "read_timeout_s": float,
     "max_attempts": int,
+    "poll_max_s": float,
 }
 
 
@@ -275,7 +349,8 @@ def from_url(url: str, **options: object) -> S3Storage:
 
     Keyword options take the same names as the query (they win over it). Other options:
     addressing_style ('path' or 'virtual'), max_pool_connections, connect_timeout_s,
-    read_timeout_s, max_attempts.
+    read_timeout_s (each attempt's, capped by the request deadline), max_attempts (per request,
+    FuncPipe's retries), poll_max_s (longest pause between two polls of a wait).
     """
     parsed = urlparse(url)
     if parsed.scheme != "s3":

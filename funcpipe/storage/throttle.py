@@ -1,7 +1,11 @@
 """Give a Storage the network link of one serverless function: bandwidth, latency, counters.
 
 A Lambda reaches S3 at roughly 70 MB/s each way with ~10 ms per request; local runs should feel
-the same so schedules, overlap and the cost report behave as they would in the cloud.
+the same so schedules, overlap and the cost report behave as they would in the cloud. The
+emulation belongs only where it emulates something: :func:`default_link` is the one rule
+(the local platform on a local store gets a Lambda-like link; a real cloud link never gets a
+second, emulated one on top). Counting is always on: every request, each poll of a wait
+included, is counted in its billed class (:class:`LinkStats`).
 Each direction is a token bucket with a small burst; bytes move in slices so concurrent
 requests in one direction share its rate, while uploads and downloads never slow each other.
 Per-request latency is slept outside any lock, so concurrent requests overlap it like HTTP.
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from funcpipe.errors import ConfigError
 from funcpipe.storage.base import Storage
 
-__all__ = ["LinkConfig", "LinkStats", "ThrottledStorage", "TokenBucket"]
+__all__ = ["LinkConfig", "LinkStats", "ThrottledStorage", "TokenBucket", "default_link"]
 
 MB = 1e6
 
@@ -36,6 +40,37 @@ class LinkConfig:
                 raise ConfigError(f"LinkConfig.{name} must be > 0 MB/s, got {getattr(self, name)}")
         if not self.latency_s >= 0:
             raise ConfigError(f"LinkConfig.latency_s must be >= 0 s, got {self.latency_s}")
+
+
+def emulates_a_link(platform: str, storage_url: str) -> bool:
+    """Whether functions of ``platform`` reach ``storage_url`` over a link worth emulating.
+
+    Only the local platform runs functions on this machine, where storage is as fast as memory;
+    on a cloud platform, or towards AWS S3 itself (an s3:// URL without endpoint_url), the link
+    is real and already has its own bandwidth and latency.
+    """
+    if platform != "local":
+        return False
+    return not (storage_url.startswith("s3://") and "endpoint_url=" not in storage_url)
+
+
+def default_link(
+    platform: str, storage_url: str, link: LinkConfig | None = None
+) -> LinkConfig | None:
+    """The emulated link each function of a job gets; None means none (count requests only).
+
+    ``link`` (the user's) wins where a link is emulated; on a real link it is refused, since
+    throttling a real network on top of its own limits measures nothing.
+    """
+    if emulates_a_link(platform, storage_url):
+        return link or LinkConfig()
+    if link is not None and link.enabled:
+        raise ConfigError(
+            f"an emulated storage link (bandwidth/latency) only applies to the local platform "
+            f"on a local store; platform {platform!r} with this storage has a real link. "
+            "Drop link= (CLI: --bandwidth/--latency-ms) or use LinkConfig(enabled=False)"
+        )
+    return None
 
 
 class TokenBucket:
@@ -63,14 +98,29 @@ class TokenBucket:
             time.sleep(delay)
 
 
+_FIELDS = (
+    "puts", "gets", "heads", "deletes", "lists", "bulk_deletes",
+    "bytes_up", "bytes_down", "up_seconds", "down_seconds",
+)  # fmt: skip
+
+
 @dataclass
 class LinkStats:
-    """Requests, bytes and seconds per direction; read a consistent copy with snapshot()."""
+    """Requests by billed class, bytes and seconds per direction; snapshot() reads a copy.
+
+    Request classes as S3 bills them: ``puts`` (PutObject; PUT class), ``gets`` (GetObject,
+    also every poll of a wait that found nothing yet; GET class), ``heads`` (HeadObject: GET
+    class), ``lists`` (ListObjectsV2 pages: PUT class), ``bulk_deletes`` (DeleteObjects, up to
+    1000 keys each: PUT class) and ``deletes`` (DeleteObject, or keys removed by a bulk delete:
+    free). :meth:`put_class` and :meth:`get_class` sum them for a price list.
+    """
 
     puts: int = 0
     gets: int = 0
+    heads: int = 0
     deletes: int = 0
     lists: int = 0
+    bulk_deletes: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
     up_seconds: float = 0.0
@@ -89,13 +139,15 @@ class LinkStats:
             return LinkStats(**self.as_dict())
 
     def as_dict(self) -> dict[str, float]:
-        return {
-            name: getattr(self, name)
-            for name in (
-                "puts", "gets", "deletes", "lists",
-                "bytes_up", "bytes_down", "up_seconds", "down_seconds",
-            )
-        }  # fmt: skip
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    def put_class(self) -> int:
+        """Requests billed at the PUT rate: PUT, LIST, DeleteObjects."""
+        return self.puts + self.lists + self.bulk_deletes
+
+    def get_class(self) -> int:
+        """Requests billed at the GET rate: GET (hits and misses) and HEAD."""
+        return self.gets + self.heads
 
 
 class ThrottledStorage(Storage):
@@ -104,13 +156,16 @@ class ThrottledStorage(Storage):
     An upload becomes visible once its bytes have crossed the link and returns after the
     request latency; a download pays latency (overlapping the local read), then transfer time.
     Deletes and listings pay latency only. ``put`` accepts any bytes-like object.
-    A ``wait`` counts as one GET however often the inner store polls. Does not own ``inner``.
+    A ``wait`` is the base class's polling loop over this object's ``get``, so every poll pays
+    the link's latency and is counted, as it would be on S3. ``link=None`` counts without
+    emulating anything. Does not own ``inner``.
     """
 
     def __init__(self, inner: Storage, link: LinkConfig | None = None) -> None:
         self.inner = inner
-        self.link = link or LinkConfig()
+        self.link = link or LinkConfig(enabled=False)
         self.stats = LinkStats()
+        self.poll_max_s = inner.poll_max_s
         # Burst of ~2 ms of traffic (at least 16 KiB) keeps the measured rate within ~1 %.
         self._up = TokenBucket(self.link.up_mb_s * MB, max(16384, self.link.up_mb_s * MB * 0.002))
         self._down = TokenBucket(
@@ -142,49 +197,59 @@ class ThrottledStorage(Storage):
         size = memoryview(data).nbytes
         self._stream(self._up, size)
         written = time.monotonic()
-        self.inner.put(key, data)  # visible once the bytes are across, acknowledged after latency
-        self._latency(written)
-        self.stats.add(puts=1, bytes_up=size, up_seconds=time.monotonic() - start)
+        try:
+            self.inner.put(key, data)  # visible once the bytes are across, acknowledged later
+        finally:
+            self._latency(written)
+            self.stats.add(puts=1, bytes_up=size, up_seconds=time.monotonic() - start)
 
-    def _download(self, start: float, data: bytes) -> bytes:
+    def get(self, key: str) -> bytes:
+        start = time.monotonic()
+        try:
+            data = self.inner.get(key)
+        except BaseException:
+            self._latency(start)  # a miss is a request too: it pays latency and is billed
+            self.stats.add(gets=1, down_seconds=time.monotonic() - start)
+            raise
         self._latency(start)
         self._stream(self._down, len(data))
         self.stats.add(gets=1, bytes_down=len(data), down_seconds=time.monotonic() - start)
         return data
 
-    def get(self, key: str) -> bytes:
-        start = time.monotonic()
-        return self._download(start, self.inner.get(key))
-
-    def wait(self, key: str, timeout: float, *, delete: bool = False) -> bytes:
-        data = self.inner.wait(key, timeout, delete=delete)
-        if delete:
-            self.stats.add(deletes=1)
-        return self._download(time.monotonic(), data)
-
     def exists(self, key: str) -> bool:
         start = time.monotonic()
-        found = self.inner.exists(key)
-        self._latency(start)
-        self.stats.add(gets=1, down_seconds=time.monotonic() - start)
-        return found
+        try:
+            return self.inner.exists(key)
+        finally:
+            self._latency(start)
+            self.stats.add(heads=1, down_seconds=time.monotonic() - start)
 
     def delete(self, key: str) -> None:
         start = time.monotonic()
-        self.inner.delete(key)
-        self._latency(start)
-        self.stats.add(deletes=1)
+        try:
+            self.inner.delete(key)
+        finally:
+            self._latency(start)
+            self.stats.add(deletes=1)
 
     def list(self, prefix: str) -> list[str]:
         start = time.monotonic()
-        keys = self.inner.list(prefix)
-        self._latency(start)
-        self.stats.add(lists=1)
+        try:
+            keys = self.inner.list(prefix)
+        finally:
+            self._latency(start)
+        self.stats.add(lists=_pages(len(keys)))
         return keys
 
     def delete_prefix(self, prefix: str) -> int:
         start = time.monotonic()
         count = self.inner.delete_prefix(prefix)
         self._latency(start)
-        self.stats.add(lists=1, deletes=count)
+        # One listing (a page per 1000 keys) and one bulk delete per 1000 keys, as on S3.
+        self.stats.add(lists=_pages(count), bulk_deletes=-(-count // 1000), deletes=count)
         return count
+
+
+def _pages(count: int, page: int = 1000) -> int:
+    """Listing requests needed for ``count`` keys: one, plus one per further full page."""
+    return max(1, -(-count // page))

@@ -118,3 +118,35 @@ def test_train_on_a_missing_bucket_fails_before_any_function_starts(s3_server: A
             storage=s3_server.url("fp-no-such-bucket"),
             progress=False,
         )
+
+
+def test_training_through_injected_storage_faults_is_still_exact(backend: Backend) -> None:
+    """5 % of all storage requests (every function's and the client's) time out, answer 503 or
+    reset the connection, half of them after the store acted. Retries must make the run
+    exactly equal anyway, with no key left. The faults travel in the storage URL, so every
+    function process injects them too; a 3-step run sends several hundred requests, so the
+    chance that no fault struck is below 1e-6."""
+    model, batches = make_model(), make_batches(3)
+    loss_fn = nn.CrossEntropyLoss()
+    job_id = f"faults-{uuid.uuid4().hex[:8]}"
+    sep = "&" if "?" in backend.url else "?"
+    result = train(
+        model,
+        loss_fn,
+        optimizer=OPTIMIZERS["adam"],
+        batches=batches,
+        plan=PLAN,
+        steps=3,
+        storage=f"{backend.url}{sep}faults=0.05",
+        link=FAST_LINK,
+        progress=False,
+        timeout_s=60,
+        job_id=job_id,
+    )
+    expected, losses = reference(model, loss_fn, OPTIMIZERS["adam"], batches)
+    got = dict(result.model.named_parameters())
+    for name, p in expected.named_parameters():
+        torch.testing.assert_close(got[name], p, rtol=0, atol=1e-5, msg=name)
+    assert result.losses == pytest.approx(losses, abs=1e-5)
+    with open_storage(backend.url) as store:
+        assert store.list(keys.job_prefix(job_id)) == []

@@ -55,6 +55,29 @@ def _s3(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Storage]:
     yield open_storage(request.getfixturevalue("s3_server").new_bucket("contract"))
 
 
+#: Injected faults on 10 % of requests (timeouts, 503s, resets; see funcpipe.storage.faults):
+#: the retries must make every contract hold anyway.
+FAULTS = "faults=0.1&faults_seed=11"
+
+
+def _local_faults(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Storage]:
+    from funcpipe.storage import open_storage
+
+    yield open_storage(f"local://{tmp_path / 'store'}?{FAULTS}")
+
+
+def _redis_faults(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Storage]:
+    from funcpipe.storage import open_storage
+
+    yield open_storage(f"{request.getfixturevalue('redis_url')}?{FAULTS}")
+
+
+def _s3_faults(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Storage]:
+    from funcpipe.storage import open_storage
+
+    yield open_storage(f"{request.getfixturevalue('s3_server').new_bucket('contract')}&{FAULTS}")
+
+
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], Iterator[Storage]]] = {
     "local": _local,
     "memory": _memory,
@@ -62,6 +85,9 @@ BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], Iterator[Storage]]] 
     "throttled": _throttled,
     "redis": _redis,
     "s3": _s3,
+    "local+faults": _local_faults,
+    "redis+faults": _redis_faults,
+    "s3+faults": _s3_faults,
 }
 
 

@@ -52,3 +52,12 @@ class FunctionFailed(FuncPipeError):
 
 class MemoryExceeded(FunctionFailed):
     """A function went over its memory cap, as a Lambda would."""
+
+
+class NonFiniteLoss(FuncPipeError, ArithmeticError):
+    """A step's loss was NaN or infinite; its update was not applied anywhere."""
+
+    def __init__(self, message: str, *, step: int, micro_batches: tuple[int, ...] = ()):
+        super().__init__(message)
+        self.step = step
+        self.micro_batches = micro_batches

@@ -159,11 +159,18 @@ def _check_writable(path: Path | None, option: str = "--json-out") -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="write a Chrome trace of every function's compute/upload/download (chrome://tracing)",
 )
+@click.option(
+    "--on-nonfinite",
+    type=click.Choice(["raise", "skip"]),
+    default="raise",
+    show_default=True,
+    help="a NaN/inf loss stops the job at its step (raise), or drops that step's update (skip)",
+)
 def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int | None, stages: int,
               replicas: int, memory_mb: int, plan_file: Path | None, optimizer: str, lr: float,
               data_dir: str | None, storage: str, bandwidth: float, latency_ms: float,
-              no_throttle: bool, sync: str, timeout: float, seed: int,
-              json_out: Path | None, trace_out: Path | None) -> None:  # fmt: skip
+              no_throttle: bool, sync: str, timeout: float, seed: int, json_out: Path | None,
+              trace_out: Path | None, on_nonfinite: str) -> None:  # fmt: skip
     """Train a model on local emulated functions (default: a small CNN on CIFAR-10 data)."""
     _check_writable(json_out)
     _check_writable(trace_out, "--trace")
@@ -184,7 +191,8 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
                f"links {links}")  # fmt: skip
     result = train(job.model, job.loss_fn, optimizer=OPTIMIZERS[optimizer](lr),
                    batches=job.batches, plan=plan, steps=steps, storage=storage, link=link,
-                   timeout_s=timeout, sync_algorithm=sync)  # fmt: skip
+                   timeout_s=timeout, sync_algorithm=sync,
+                   on_nonfinite=on_nonfinite)  # fmt: skip
     click.echo(f"{'step':>5} {'loss':>9} {'iter s':>8} {'cost $':>10}")
     for h in result.history:
         click.echo(f"{h.step:>5} {h.loss:>9.4f} {h.iteration_s:>8.3f} {h.cost_usd:>10.6f}")

@@ -28,6 +28,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from funcpipe import codec
+from funcpipe.client.hygiene import (
+    batch_size,
+    check_batch,
+    check_list_batches,
+    check_on_nonfinite,
+    nonfinite_step,
+)
 from funcpipe.client.jobs import Heartbeat, new_job_id, validate_job_id
 from funcpipe.client.pricing import AWS_LAMBDA, Pricing
 from funcpipe.errors import ConfigError, FunctionFailed, MemoryExceeded, StorageTimeout
@@ -57,6 +64,7 @@ class StepStats:
     bytes_up: int
     bytes_down: int
     requests: int
+    skipped: bool = False  # the loss was not finite and on_nonfinite="skip" dropped the update
 
 
 @dataclass
@@ -94,6 +102,7 @@ def train(
     pricing: Pricing = AWS_LAMBDA,
     progress: bool = True,
     job_id: str | None = None,
+    on_nonfinite: str = "raise",
 ) -> TrainResult:
     """Train ``model`` with ``plan`` for ``steps`` steps, one global batch from ``batches`` each.
 
@@ -103,6 +112,9 @@ def train(
     ``function_timeout_s`` is each function's lifetime limit (Lambda's 900 s by default).
     ``overlap=False`` makes every transfer block where it is listed (a baseline for measuring what
     overlapping communication with compute buys; results are identical).
+    A step whose loss is NaN or infinite raises NonFiniteLoss naming the step
+    (``on_nonfinite="raise"``), or has its update dropped by every function while training goes
+    on (``"skip"``; the step's ``StepStats.skipped`` is True).
     The input model is left untouched; ``result.model`` is a trained copy.
     """
     if not isinstance(model, nn.Sequential):
@@ -119,6 +131,8 @@ def train(
     if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
         raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     steps = _resolve_steps(steps, batches)
+    check_list_batches(batches, plan, steps)
+    on_nonfinite = check_on_nonfinite(on_nonfinite)
     schedule = build_schedule(plan)
     check_schedule(schedule)
     job_id = new_job_id() if job_id is None else validate_job_id(job_id)
@@ -184,6 +198,7 @@ def train(
                 step_reports = monitor.wait_all(
                     [keys.report(t, s, r) for s, r in invocations], f"step {t}"
                 )
+                skipped = nonfinite_step(t, step_reports, on_nonfinite)
                 feeder.feed(t + 2)
                 # The client's requests since the last step (data it fed, reports it polled).
                 now = jobs.stats.snapshot()
@@ -191,6 +206,7 @@ def train(
                 client_gets = now.get_class() - counted.get_class()
                 counted = now
                 stats = _step_stats(t, step_reports, plan, pricing, client_puts, client_gets)
+                stats = dataclasses.replace(stats, skipped=skipped)
                 if t == 0:
                     stats = _add_cost(stats, pricing.invocation_cost(plan))
                 history.append(stats)
@@ -320,18 +336,6 @@ def _worker_target(
     return target
 
 
-def _batch_size(value: Any, what: str) -> int:
-    items = value if isinstance(value, tuple) else (value,)
-    if not items or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in items):
-        raise ConfigError(
-            f"{what} must be a Tensor (or tuple of Tensors) with the batch as dimension 0"
-        )
-    sizes = {t.shape[0] for t in items}
-    if len(sizes) != 1:
-        raise ConfigError(f"{what} tensors disagree on the batch size: {sorted(sizes)}")
-    return sizes.pop()
-
-
 def _split(value: Any, parts: int) -> list[Any]:
     if isinstance(value, tuple):
         pieces = [torch.tensor_split(t, parts) for t in value]
@@ -355,16 +359,11 @@ class _Feeder:
                 f"batches ran out after {step} steps but steps={self.steps}: "
                 "pass more batches or fewer steps"
             ) from None
-        if not (isinstance(batch, tuple | list) and len(batch) == 2):
-            raise ConfigError("each item of batches must be an (inputs, targets) pair")
+        n = check_batch(batch, step, self.plan)
         inputs, targets = batch
-        n = _batch_size(inputs, f"inputs of batch {step}")
-        if _batch_size(targets, f"targets of batch {step}") != n:
-            raise ConfigError(f"batch {step}: inputs and targets have different batch sizes")
-        self.plan.check_batch(n)
         m = self.plan.micro_batches
         for b, (x, y) in enumerate(zip(_split(inputs, m), _split(targets, m), strict=True)):
-            size = _batch_size(x, "micro-batch")
+            size = batch_size(x, "micro-batch")
             self.jobs.put(keys.transfer(step, Channel("input", -1, b)), codec.encode(x))
             self.jobs.put(
                 keys.transfer(step, Channel("target", -1, b)),

@@ -25,6 +25,9 @@ from funcpipe.runtime.schedule import Action, Lane, Op, WorkerId, channel
 from funcpipe.runtime.stage import StageRunner
 from funcpipe.storage.base import Storage
 
+#: Metadata flag on a gradient whose micro-batch had a non-finite loss downstream.
+NONFINITE = "nonfinite"
+
 
 @dataclass
 class StepTrace:
@@ -36,6 +39,8 @@ class StepTrace:
     loss: float = 0.0
     correct: int = 0  # validation only: correct and counted predictions
     counted: int = 0
+    skipped: bool = False  # the update was dropped: a loss of this step was not finite
+    nonfinite: list[int] = field(default_factory=list)  # last stage: those micro-batches
     spans: list[tuple[str, str, float, float]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -117,8 +122,13 @@ class Executor:
                     self._await(downloads[a], a)
             elif a.lane is Lane.UPLOAD:
                 value = produced.pop(a)
+                # The flag is read here, not in the lane: step() resets it before uploads end.
+                flagged = a.op is Op.SEND_GRAD and a.micro_batch in self.runner.nonfinite
+                meta = {NONFINITE: "1"} if flagged else None
                 uploads.append(
-                    self._lanes[Lane.UPLOAD].submit(self._upload, step, a, value, trace, evaluate)
+                    self._lanes[Lane.UPLOAD].submit(
+                        self._upload, step, a, value, meta, trace, evaluate
+                    )
                 )
                 if not self.overlap:
                     self._await(uploads[-1], a)
@@ -166,7 +176,9 @@ class Executor:
                 t0 = time.time()
                 grads = runner.backward(b, targets=targets, weight=float(meta["weight"]))
             else:
-                g, _ = arrived(Op.RECV_GRAD, b)
+                g, meta = arrived(Op.RECV_GRAD, b)
+                if meta.get(NONFINITE):
+                    runner.nonfinite.add(b)
                 set_activity(f"backward mb {b}, step {step}")
                 t0 = time.time()
                 grads = runner.backward(b, grads=g if isinstance(g, tuple) else (g,))
@@ -193,6 +205,8 @@ class Executor:
         elif a.op is Op.STEP:
             set_activity(f"optimizer step, step {step}")
             t0 = time.time()
+            trace.skipped = runner.skips_step
+            trace.nonfinite = sorted(runner.nonfinite) if runner.is_last else []
             trace.loss = runner.step()
         else:  # pragma: no cover - the schedule only holds the ops above
             raise ValueError(f"{self.worker} cannot run {a}")
@@ -228,9 +242,15 @@ class Executor:
         return value, meta
 
     def _upload(
-        self, step: int, a: Action, value: Any, trace: StepTrace, evaluate: bool = False
+        self,
+        step: int,
+        a: Action,
+        value: Any,
+        meta: dict[str, str] | None,
+        trace: StepTrace,
+        evaluate: bool = False,
     ) -> None:
         t0 = time.time()
         key = (keys.eval_transfer if evaluate else keys.transfer)(step, channel(a))
-        self.storage.put(key, codec.encode(value))
+        self.storage.put(key, codec.encode(value, meta))
         trace.record(a, t0, time.time())

@@ -7,6 +7,7 @@ tuple with ``None`` where an input has no gradient (integer token ids, masks).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +60,11 @@ class StageRunner:
         self._inputs: dict[int, tuple[torch.Tensor, ...]] = {}
         self._outputs: dict[int, Value] = {}
         self.loss_sum = 0.0  # sum over my micro-batches of weight * loss, this step
+        # Micro-batches of this step whose loss was not finite: found by the last stage, passed
+        # upstream with their gradients, summed across replicas in the sync, so that every
+        # function of the job skips the same update (see step()).
+        self.nonfinite: set[int] = set()
+        self._peers_nonfinite = False
 
     def forward(self, mb: int, inputs: Value) -> Value:
         items = tuple(
@@ -86,7 +92,10 @@ class StageRunner:
             loss = self.loss_fn(out, targets)
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise ConfigError("loss_fn must return a scalar tensor (use mean reduction)")
-            self.loss_sum += weight * float(loss.detach())
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                self.nonfinite.add(mb)
+            self.loss_sum += weight * value
             if loss.requires_grad:
                 (loss * weight).backward()
         else:
@@ -142,8 +151,10 @@ class StageRunner:
 
         A missing gradient counts as zeros, and one flag per parameter (1 if this replica has a
         gradient) is appended: after the sum, a parameter no replica touched gets ``grad=None``
-        again, so optimizers skip it exactly as single-process PyTorch would. float32 unless
-        every parameter is float64, so double-precision models stay exact.
+        again, so optimizers skip it exactly as single-process PyTorch would. A last element
+        counts this replica's micro-batches with a non-finite loss, so after the sum every
+        replica knows whether the step is skipped. float32 unless every parameter is float64,
+        so double-precision models stay exact.
         """
         dtype = (
             torch.float64
@@ -155,10 +166,13 @@ class StageRunner:
             for p in self.params
         ]
         flags = torch.tensor([p.grad is not None for p in self.params], dtype=dtype)
-        return torch.cat([*values, flags])
+        bad = torch.tensor([len(self.nonfinite)], dtype=dtype)
+        return torch.cat([*values, flags, bad])
 
     def set_flat_grads(self, flat: torch.Tensor) -> None:
         """Inverse of :meth:`flat_grads` after the cross-replica sum."""
+        self._peers_nonfinite = bool(flat[-1] > 0)
+        flat = flat[:-1]
         flags = flat[flat.numel() - len(self.params) :]
         offset = 0
         for p, flag in zip(self.params, flags, strict=True):
@@ -167,12 +181,22 @@ class StageRunner:
             p.grad = chunk.view_as(p).to(p.dtype).clone() if flag > 0 else None
             offset += n
 
+    @property
+    def skips_step(self) -> bool:
+        """Whether this step's update is dropped: some micro-batch's loss was not finite."""
+        return bool(self.nonfinite) or self._peers_nonfinite
+
     def step(self) -> float:
-        """Apply the optimizer; return and reset this step's loss share."""
+        """Apply the optimizer, unless a loss of this step was not finite (then every function
+        drops the update, keeping all stages and replicas consistent); return and reset this
+        step's loss share."""
         if self.optimizer is not None:
-            self.optimizer.step()
+            if not self.skips_step:
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         loss, self.loss_sum = self.loss_sum, 0.0
+        self.nonfinite.clear()
+        self._peers_nonfinite = False
         self._inputs.clear()
         self._outputs.clear()
         return loss

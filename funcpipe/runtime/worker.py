@@ -101,6 +101,8 @@ def _train_steps(
             "start": trace.start,
             "end": trace.end,
             "loss": trace.loss,
+            "skipped": trace.skipped,
+            "nonfinite": trace.nonfinite,
             "spans": trace.spans,
             "traffic": {k: after[k] - before[k] for k in after},
         }

@@ -1,0 +1,209 @@
+"""Other ways to choose a plan, behind the optimiser's interface, for comparison and tests.
+
+* ``exhaustive``: simulate every plan of the search space (small models only); the reference
+  the optimiser must equal.
+* ``tpdmp``: a TPDMP/GPipe-style partitioner: every stage on functions of one memory size, no
+  data parallelism; stages balanced by compute (min-max over contiguous groups), tried for
+  every stage count, memory size and micro-batch count, the best by the simulator.
+* ``lambdaml``: LambdaML-style pure data parallelism: one stage holding the whole model on d
+  functions, one micro-batch each, for every d and memory size.
+* ``bayes`` / ``random``: black-box search (optuna's TPE sampler / random sampler) over the same
+  space, given as many simulations as the optimiser used (``prediction_budget``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Iterator
+
+from funcpipe.errors import ConfigError
+from funcpipe.planning.optimize import Candidate, Evaluator, Solution, infeasible_message
+from funcpipe.planning.plan import Plan
+from funcpipe.planning.space import SearchSpace
+
+METHODS = ("optimal", "exhaustive", "tpdmp", "lambdaml", "bayes", "random")
+Stages = list[tuple[int, int, int, int]]
+
+
+def run(
+    method: str,
+    space: SearchSpace,
+    evaluate: Evaluator,
+    *,
+    seed: int = 0,
+    prediction_budget: int | None = None,
+) -> Solution:
+    t0 = time.perf_counter()
+    if method == "exhaustive":
+        plans: Iterator[Plan] = all_plans(space)
+    elif method == "tpdmp":
+        plans = tpdmp_plans(space)
+    elif method == "lambdaml":
+        plans = lambdaml_plans(space)
+    elif method in ("bayes", "random"):
+        return _blackbox(method, space, evaluate, seed, prediction_budget or 50, t0)
+    else:
+        raise ConfigError(f"unknown planning method {method!r}; choose one of {', '.join(METHODS)}")
+    for plan in plans:
+        evaluate(plan)
+    return _solution(method, space, evaluate, t0)
+
+
+def _solution(method: str, space: SearchSpace, evaluate: Evaluator, t0: float) -> Solution:
+    cands = sorted(evaluate.cache.values(), key=lambda c: c.objective)
+    feasible = [c for c in cands if c.feasible]
+    best = feasible[0] if feasible else None
+    sol = Solution(method, best, cands, time.perf_counter() - t0, evaluate.count, space)
+    if best is None:
+        closest = cands[0] if cands else None
+        sol.note = f"{method}: " + infeasible_message(evaluate.limits, space, closest)
+    return sol
+
+
+def _fits(space: SearchSpace, m: int, stages: Stages) -> bool:
+    return all(mem >= space.need_mb(i, k, m, d) for i, k, mem, d in stages)
+
+
+def _partitions(n: int) -> Iterator[tuple[int, ...]]:
+    """Every way to cut groups 0..n into contiguous non-empty runs, as boundary tuples."""
+    for s in range(1, n + 1):
+        for cuts in itertools.combinations(range(1, n), s - 1):
+            yield (0, *cuts, n)
+
+
+def all_plans(space: SearchSpace) -> Iterator[Plan]:
+    """Every memory-feasible plan of the space (exponential: small instances only)."""
+    for m in space.micro_batch_counts:
+        per_stage = [(mem, d) for d in space.replica_counts(m) for mem in space.memory_choices]
+        for cut in _partitions(space.num_groups):
+            segs = list(zip(cut, cut[1:], strict=False))
+            for combo in itertools.product(per_stage, repeat=len(segs)):
+                stages = [(i, k, mem, d) for (i, k), (mem, d) in zip(segs, combo, strict=True)]
+                if _fits(space, m, stages):
+                    yield space.plan(m, stages)
+
+
+def _balanced_cut(work: list[float], parts: int) -> tuple[int, ...]:
+    """Boundaries splitting ``work`` into ``parts`` contiguous runs minimising the largest sum."""
+    n = len(work)
+    prefix = [0.0, *itertools.accumulate(work)]
+    inf = math.inf
+    best = [[inf] * (n + 1) for _ in range(parts + 1)]
+    arg = [[0] * (n + 1) for _ in range(parts + 1)]
+    best[0][0] = 0.0
+    for p in range(1, parts + 1):
+        for k in range(p, n + 1):
+            for i in range(p - 1, k):
+                v = max(best[p - 1][i], prefix[k] - prefix[i])
+                if v < best[p][k]:
+                    best[p][k], arg[p][k] = v, i
+    cut = [n]
+    for p in range(parts, 0, -1):
+        cut.append(arg[p][cut[-1]])
+    return tuple(reversed(cut))
+
+
+def tpdmp_plans(space: SearchSpace) -> Iterator[Plan]:
+    prof = space.profile
+    b = space.bounds
+    for m in space.micro_batch_counts:
+        mu = space.micro_batch(m)
+        for mem in space.memory_choices:
+            cpus = float(space.platform.cpus(mem))
+            work = [
+                sum(
+                    prof.forward_s(i, mu, cpus) + prof.backward_s(i, mu, cpus)
+                    for i in range(b[g], b[g + 1])
+                )  # fmt: skip
+                for g in range(space.num_groups)
+            ]
+            for parts in range(1, space.num_groups + 1):
+                cut = _balanced_cut(work, parts)
+                stages = [(i, k, mem, 1) for i, k in zip(cut, cut[1:], strict=False)]
+                if _fits(space, m, stages):
+                    yield space.plan(m, stages)
+
+
+def lambdaml_plans(space: SearchSpace) -> Iterator[Plan]:
+    k = space.num_groups
+    for m in space.micro_batch_counts:
+        if space.max_replicas is not None and m > space.max_replicas:
+            continue
+        for mem in space.memory_choices:
+            stages = [(0, k, mem, m)]
+            if _fits(space, m, stages):
+                yield space.plan(m, stages)
+
+
+def seed_plans(space: SearchSpace) -> list[Plan]:
+    """A few cheap, reasonable plans that give the exact search an incumbent to prune with."""
+    seeds: list[Plan] = []
+    k = space.num_groups
+    for m in space.micro_batch_counts:
+        for mem in reversed(space.memory_choices):
+            for parts in (1, min(k, 4), k):
+                cut = [round(i * k / parts) for i in range(parts + 1)]
+                stages = [(i, j, mem, 1) for i, j in zip(cut, cut[1:], strict=False)]
+                if _fits(space, m, stages):
+                    seeds.append(space.plan(m, stages))
+                    break
+            else:
+                continue
+            break
+    return seeds
+
+
+def _blackbox(
+    method: str,
+    space: SearchSpace,
+    evaluate: Evaluator,
+    seed: int,
+    prediction_budget: int,
+    t0: float,
+) -> Solution:
+    """optuna over (M, stage count, cuts, memory and replicas per stage); infeasible = penalty."""
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(
+            f"planning method {method!r} needs optuna: pip install 'funcpipe[planner]'"
+        ) from None
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = (
+        optuna.samplers.TPESampler(seed=seed)
+        if method == "bayes"
+        else optuna.samplers.RandomSampler(seed=seed)
+    )
+    study = optuna.create_study(sampler=sampler)
+    k = space.num_groups
+    penalty = [0.0]
+    trials = 0
+    max_trials = 50 * prediction_budget  # memory-infeasible draws cost no simulation
+
+    def objective(trial: optuna.Trial) -> float:
+        m = trial.suggest_categorical("micro_batches", list(space.micro_batch_counts))
+        parts = trial.suggest_int("stages", 1, k)
+        picks = {trial.suggest_int(f"cut{i}", 1, k - 1) for i in range(parts - 1)}
+        cuts = sorted(picks) if k > 1 else []
+        bounds = [0, *cuts, k]
+        reps = space.replica_counts(m)
+        stages = []
+        for s, (i, j) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            mem = trial.suggest_categorical(f"mem{s}", list(space.memory_choices))
+            d = reps[trial.suggest_int(f"rep{s}", 0, len(reps) - 1) % len(reps)]
+            stages.append((i, j, mem, d))
+        if not _fits(space, m, stages):
+            return penalty[0] * 2 + 1.0
+        c: Candidate = evaluate(space.plan(m, stages))
+        penalty[0] = max(penalty[0], c.objective)
+        return c.objective if c.feasible else penalty[0] * 2 + 1.0
+
+    while evaluate.count < prediction_budget and trials < max_trials:
+        study.optimize(objective, n_trials=1)
+        trials += 1
+    sol = _solution(method, space, evaluate, t0)
+    sol.extra["trials"] = trials
+    return sol

@@ -1,0 +1,343 @@
+"""The co-optimiser: partition, memory per stage, replicas per stage and micro-batch count at once.
+
+The paper states this as a mixed-integer quadratic program (contiguous layer-to-stage assignment,
+one memory size and one data-parallel degree per stage, the micro-batch count; a memory
+constraint per function; objective ``a1 * cost + a2 * time``). We solve the same problem exactly,
+but with respect to the simulator itself rather than a linearised model of it:
+
+* `bound.py` gives a cheap lower bound of the simulator's objective for a partial plan (stages
+  chosen left to right); it never decreases as stages are added.
+* A best-first (A*) search over partial plans pops them in increasing bound order. A popped
+  complete plan is simulated with `predict`; the search stops when the next bound is no better
+  than the best simulated objective. Every plan not simulated therefore has a simulated
+  objective >= its bound >= the best found: the answer is the exhaustive search's answer, and
+  every candidate is re-ranked by the simulator, as the issue asks.
+
+Limits (max_functions, budget per iteration, deadline per iteration) prune partial plans whose
+bound already breaks them and are checked again on the simulated figures.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from funcpipe.errors import ConfigError, PlanInfeasible
+from funcpipe.planning.bound import Link, Options, Prices, link_of, plan_bound, prices_of
+from funcpipe.planning.plan import Plan
+from funcpipe.planning.space import (
+    DEFAULT_MAX_GROUPS,
+    DEFAULT_MAX_MICRO_BATCHES,
+    Limits,
+    SearchSpace,
+    Weights,
+    build_space,
+)
+
+DEFAULT_WEIGHTS = (1.0, 0.001)  # USD per iteration, USD per second of iteration time
+
+
+@dataclass
+class Candidate:
+    """A simulated plan: its prediction, objective and bound, and any limit it breaks."""
+
+    plan: Plan
+    prediction: Any
+    objective: float
+    bound: float
+    violation: str | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return self.violation is None
+
+
+@dataclass
+class Solution:
+    """What a search returns: the best plan and how it was found."""
+
+    method: str
+    best: Candidate | None
+    candidates: list[Candidate]
+    solve_s: float
+    predictions: int
+    space: SearchSpace
+    nodes: int = 0
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def plan(self) -> Plan:
+        if self.best is None:
+            raise PlanInfeasible(self.note or f"{self.method}: no plan satisfies the limits")
+        return self.best.plan
+
+
+def resolve_platform(platform: Any) -> Any:
+    """A PlatformProfile from a name ("aws-lambda", "alibaba-fc", "local") or the object."""
+    if isinstance(platform, str):
+        from funcpipe.planning.platforms import get_platform
+
+        return get_platform(platform)
+    return platform
+
+
+def default_predictor(profile: Any, platform: Any, batch_size: int) -> Callable[[Plan], Any]:
+    from funcpipe.planning.predict import predict
+
+    def run(plan: Plan) -> Any:
+        return predict(plan, profile, platform, batch_size=batch_size)
+
+    return run
+
+
+class Evaluator:
+    """Simulates plans once each and scores them against the weights and limits."""
+
+    def __init__(self, predictor: Callable[[Plan], Any], weights: Weights, limits: Limits) -> None:
+        self.predictor = predictor
+        self.weights = weights
+        self.limits = limits
+        self.cache: dict[str, Candidate] = {}
+
+    @property
+    def count(self) -> int:
+        return len(self.cache)
+
+    def __call__(self, plan: Plan, bound: float = 0.0) -> Candidate:
+        key = plan.model_dump_json()
+        if key in self.cache:
+            return self.cache[key]
+        pred = self.predictor(plan)
+        obj = self.weights.of(pred.cost_usd, pred.time_s)
+        violation = self.limits.violation(plan.num_functions, pred.time_s, pred.cost_usd)
+        over = _memory_violation(plan, pred)
+        cand = Candidate(plan, pred, obj, bound, violation or over)
+        self.cache[key] = cand
+        return cand
+
+
+def _memory_violation(plan: Plan, pred: Any) -> str | None:
+    mems = getattr(pred, "memory_mb", None)
+    if mems is None:
+        return None
+    for s, (stage, need) in enumerate(zip(plan.stages, mems, strict=False)):
+        if need > stage.memory_mb:
+            return f"stage {s} needs {need:.0f} MB > its {stage.memory_mb} MB"
+    return None
+
+
+def check_inputs(weights: Sequence[float], limits: Limits) -> Weights:
+    try:
+        a1, a2 = (float(w) for w in weights)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"weights must be two numbers (a1 for cost, a2 for time), got {weights!r}"
+        ) from None
+    if a1 < 0 or a2 < 0 or a1 + a2 == 0 or not (math.isfinite(a1) and math.isfinite(a2)):
+        raise ConfigError(
+            f"weights {weights!r}: both must be finite and >= 0 and not both 0 "
+            "(e.g. (1, 0) cheapest, (0, 1) fastest)"
+        )
+    if limits.max_functions is not None and limits.max_functions < 1:
+        raise ConfigError(f"max_functions must be >= 1, got {limits.max_functions}")
+    if limits.budget is not None and not limits.budget > 0:
+        raise ConfigError(f"budget must be > 0 USD per iteration, got {limits.budget}")
+    if limits.deadline is not None and not limits.deadline > 0:
+        raise ConfigError(f"deadline must be > 0 seconds per iteration, got {limits.deadline}")
+    return Weights(a1, a2)
+
+
+def infeasible_message(limits: Limits, space: SearchSpace, closest: Candidate | None) -> str:
+    """Name the limit(s) no plan meets, with the closest plan's figures."""
+    named = []
+    if limits.max_functions is not None:
+        named.append(f"max_functions={limits.max_functions}")
+    if limits.budget is not None:
+        named.append(f"budget=${limits.budget:g} per iteration")
+    if limits.deadline is not None:
+        named.append(f"deadline={limits.deadline:g} s per iteration")
+    what = " and ".join(named) if named else "the memory limit"
+    msg = f"no plan meets {what}"
+    if closest is not None:
+        p = closest.prediction
+        msg += (
+            f"; the closest simulated plan ({closest.plan.num_stages} stages, "
+            f"{closest.plan.num_functions} functions) {closest.violation} "
+            f"(time {p.time_s:.3f} s, cost ${p.cost_usd:.6f} per iteration)"
+        )
+    return msg + "; relax the limit"
+
+
+class _Node:
+    __slots__ = ("m", "pos", "fill", "drain", "sync0", "t", "gb", "funcs", "stages", "reqs")
+
+    def __init__(self, m, pos, fill, drain, sync0, t, gb, funcs, stages, reqs):  # noqa: ANN001
+        self.m, self.pos, self.fill, self.drain, self.sync0 = m, pos, fill, drain, sync0
+        self.t, self.gb, self.funcs, self.stages, self.reqs = t, gb, funcs, stages, reqs
+
+
+def search(
+    space: SearchSpace,
+    evaluate: Evaluator,
+    *,
+    link: Link,
+    prices: Prices,
+    seeds: Sequence[Plan] = (),
+    check_bound: bool = True,
+) -> Solution:
+    """Exact best-first search over ``space`` (see the module docstring)."""
+    t0 = time.perf_counter()
+    w, lim = evaluate.weights, evaluate.limits
+    big = 10 * lim.budget if lim.budget else math.inf
+    best: Candidate | None = None
+    closest: Candidate | None = None
+    for plan in seeds:  # a good incumbent early prunes more
+        c = evaluate(plan)
+        if c.feasible and (best is None or c.objective < best.objective):
+            best = c
+    heap: list[tuple[float, int, _Node]] = []
+    tick = itertools.count()
+    opts = {m: Options(space, m, link) for m in space.micro_batch_counts}
+    for m, o in opts.items():
+        node = _Node(m, 0, o.input_dn, 0.0, 0.0, 0.0, 0.0, 0, (), 0.0)
+        heapq.heappush(heap, (0.0, next(tick), node))
+    nodes = 0
+    violations = 0
+    req_price = prices.put + prices.get
+    while heap:
+        lb, _, node = heapq.heappop(heap)
+        incumbent = best.objective if best is not None else math.inf
+        if lb >= incumbent:
+            break
+        if node.pos == space.num_groups:
+            plan = space.plan(node.m, node.stages)
+            c = evaluate(plan, lb)
+            if check_bound and c.objective < lb * (1 - 1e-6) - 1e-12:
+                violations += 1
+            if c.feasible:
+                if best is None or c.objective < best.objective:
+                    best = c
+            elif closest is None or c.objective < closest.objective:
+                closest = c
+            continue
+        nodes += 1
+        o = opts[node.m]
+        a = o.at(node.pos)
+        if a["k"].size == 0:
+            continue
+        first = node.pos == 0
+        sync0 = a["sync"] if first else node.sync0
+        ts = node.fill + a["load"] + np.maximum(a["sync"], node.drain + sync0)
+        ts = np.maximum(ts, np.maximum(node.fill + a["f"] + a["up"], a["down"]))
+        t_part = np.maximum(node.t, ts)
+        fill = node.fill + a["f"] + a["cross"]
+        drain = node.drain + a["b"] + a["cross"]
+        rest_t = np.where(a["last"], 0.0, fill + a["rest_fb"] + drain + sync0)
+        t_lb = np.maximum(t_part, rest_t)
+        gb = node.gb + a["gb"]
+        gb_lb = gb + a["rest_gb"]
+        funcs = node.funcs + a["d"]
+        funcs_lb = funcs + np.where(a["last"], 0, 1)
+        reqs = node.reqs + np.where(a["last"], 0.0, 2 * node.m * req_price)
+        cost_lb = prices.gb_second * t_lb * gb_lb + reqs
+        obj = w.cost * cost_lb + w.time * t_lb
+        keep = obj < incumbent
+        if lim.deadline is not None:
+            keep &= t_lb <= lim.deadline
+        if lim.budget is not None:
+            keep &= cost_lb <= lim.budget
+        if lim.max_functions is not None:
+            keep &= funcs_lb <= lim.max_functions
+        keep &= np.isfinite(gb_lb) & (cost_lb < big)
+        for idx in np.flatnonzero(keep):
+            stage = (node.pos, int(a["k"][idx]), int(a["mem"][idx]), int(a["d"][idx]))
+            child = _Node(
+                node.m, stage[1], float(fill[idx]), float(drain[idx]),
+                float(sync0[idx]) if first else node.sync0, float(t_part[idx]),
+                float(gb[idx]), int(funcs[idx]), (*node.stages, stage), float(reqs[idx]),
+            )  # fmt: skip
+            heapq.heappush(heap, (float(obj[idx]), next(tick), child))
+    sol = Solution(
+        method="optimal",
+        best=best,
+        candidates=sorted(evaluate.cache.values(), key=lambda c: c.objective),
+        solve_s=time.perf_counter() - t0,
+        predictions=evaluate.count,
+        space=space,
+        nodes=nodes,
+        extra={"bound_violations": violations},
+    )
+    if best is None:
+        sol.note = infeasible_message(lim, space, closest)
+    return sol
+
+
+def solve(
+    profile: Any,
+    platform: Any,
+    *,
+    batch_size: int,
+    weights: Sequence[float] = DEFAULT_WEIGHTS,
+    max_functions: int | None = None,
+    budget: float | None = None,
+    deadline: float | None = None,
+    method: str = "optimal",
+    predictor: Callable[[Plan], Any] | None = None,
+    max_groups: int = DEFAULT_MAX_GROUPS,
+    max_micro_batches: int = DEFAULT_MAX_MICRO_BATCHES,
+    memory_choices: Sequence[int] | None = None,
+    max_replicas: int | None = None,
+    seed: int = 0,
+    prediction_budget: int | None = None,
+) -> Solution:
+    """Run one search method ("optimal" or a baseline, see `baselines.METHODS`)."""
+    from funcpipe.planning import baselines
+
+    platform = resolve_platform(platform)
+    limits = Limits(max_functions, budget, deadline)
+    w = check_inputs(weights, limits)
+    space = build_space(profile, platform, batch_size=batch_size, max_groups=max_groups,
+                        max_micro_batches=max_micro_batches, memory_choices=memory_choices,
+                        max_replicas=max_replicas)  # fmt: skip
+    predictor = predictor or default_predictor(profile, platform, batch_size)
+    evaluate = Evaluator(predictor, w, limits)
+    if method == "optimal":
+        seeds = baselines.seed_plans(space)
+        return search(space, evaluate, link=link_of(platform), prices=prices_of(platform),
+                      seeds=seeds)  # fmt: skip
+    return baselines.run(method, space, evaluate, seed=seed, prediction_budget=prediction_budget)
+
+
+def optimize(
+    profile: Any,
+    platform: Any,
+    *,
+    batch_size: int,
+    weights: Sequence[float] = DEFAULT_WEIGHTS,
+    max_functions: int | None = None,
+    budget: float | None = None,
+    deadline: float | None = None,
+    **options: Any,
+) -> Plan:
+    """The plan minimising ``a1 * cost_usd + a2 * time_s`` per iteration, as `predict` scores it.
+
+    ``platform``: a profile name ("aws-lambda", "alibaba-fc", "local") or a PlatformProfile.
+    ``budget``: USD per iteration; ``deadline``: seconds per iteration; ``max_functions``: total
+    functions of the plan. Raises PlanInfeasible naming the limit no plan meets, or the layer
+    that fits in no function. ``options`` go to `solve` (max_groups, max_micro_batches,
+    memory_choices, max_replicas, predictor).
+    """
+    return solve(profile, platform, batch_size=batch_size, weights=weights,
+                 max_functions=max_functions, budget=budget, deadline=deadline,
+                 **options).plan  # fmt: skip
+
+
+__all__ = ["Candidate", "Solution", "optimize", "plan_bound", "solve"]

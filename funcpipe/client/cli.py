@@ -160,6 +160,12 @@ def _check_writable(path: Path | None, option: str = "--json-out") -> None:
     help="write a Chrome trace of every function's compute/upload/download (chrome://tracing)",
 )
 @click.option(
+    "--save",
+    "save_to",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write the trained model here as safetensors (load it with funcpipe.load_into)",
+)
+@click.option(
     "--on-nonfinite",
     type=click.Choice(["raise", "skip"]),
     default="raise",
@@ -170,10 +176,12 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
               replicas: int, memory_mb: int, plan_file: Path | None, optimizer: str, lr: float,
               data_dir: str | None, storage: str, bandwidth: float, latency_ms: float,
               no_throttle: bool, sync: str, timeout: float, seed: int, json_out: Path | None,
-              trace_out: Path | None, on_nonfinite: str) -> None:  # fmt: skip
+              trace_out: Path | None, save_to: Path | None,
+              on_nonfinite: str) -> None:  # fmt: skip
     """Train a model on local emulated functions (default: a small CNN on CIFAR-10 data)."""
     _check_writable(json_out)
     _check_writable(trace_out, "--trace")
+    _check_writable(save_to, "--save")
     job = make_job(model_name, batch_size=batch_size, data_dir=data_dir, seed=seed)
     plan = _plan(plan_file, len(job.model), stages, replicas, memory_mb, micro_batches)
     plan.check_model(len(job.model))  # before printing the stages, so no wrong plan is shown
@@ -204,6 +212,9 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
         json_out.write_text(json.dumps(
             {"plan": json.loads(plan.to_json()), "history": [h.__dict__ for h in result.history]},
             indent=2))  # fmt: skip
+    if save_to is not None:
+        result.save(save_to)
+        click.echo(f"saved     {save_to} (safetensors; funcpipe.load_into(model, path))")
     if trace_out is not None:
         trace_out.write_text(json.dumps(chrome_trace(result.reports)))
         click.echo(f"trace     {trace_out} (open in chrome://tracing or ui.perfetto.dev)")

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,6 +84,20 @@ class TrainResult:
     @property
     def losses(self) -> list[float]:
         return [s.loss for s in self.history]
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the trained parameters to ``path`` as safetensors, with the plan and the job's
+        facts as JSON metadata; ``funcpipe.load_into(module, path)`` loads them back into the
+        Sequential or into the module ``to_sequential`` converted."""
+        from funcpipe.client.save import save_model
+
+        info = {
+            "plan": json.loads(self.plan.to_json()),
+            "job_id": self.job_id,
+            "steps": len(self.history),
+            "losses": self.losses,
+        }
+        return save_model(self.model, path, info)
 
 
 def train(

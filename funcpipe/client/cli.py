@@ -166,6 +166,11 @@ def _check_writable(path: Path | None, option: str = "--json-out") -> None:
     help="write the trained model here as safetensors (load it with funcpipe.load_into)",
 )
 @click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="stream the history to DIR/history.csv and TensorBoard files in DIR while training",
+)
+@click.option(
     "--on-nonfinite",
     type=click.Choice(["raise", "skip"]),
     default="raise",
@@ -176,7 +181,7 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
               replicas: int, memory_mb: int, plan_file: Path | None, optimizer: str, lr: float,
               data_dir: str | None, storage: str, bandwidth: float, latency_ms: float,
               no_throttle: bool, sync: str, timeout: float, seed: int, json_out: Path | None,
-              trace_out: Path | None, save_to: Path | None,
+              trace_out: Path | None, save_to: Path | None, log_dir: Path | None,
               on_nonfinite: str) -> None:  # fmt: skip
     """Train a model on local emulated functions (default: a small CNN on CIFAR-10 data)."""
     _check_writable(json_out)
@@ -200,7 +205,7 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
     result = train(job.model, job.loss_fn, optimizer=OPTIMIZERS[optimizer](lr),
                    batches=job.batches, plan=plan, steps=steps, storage=storage, link=link,
                    timeout_s=timeout, sync_algorithm=sync,
-                   on_nonfinite=on_nonfinite)  # fmt: skip
+                   on_nonfinite=on_nonfinite, log_dir=log_dir)  # fmt: skip
     click.echo(f"{'step':>5} {'loss':>9} {'iter s':>8} {'cost $':>10}")
     for h in result.history:
         click.echo(f"{h.step:>5} {h.loss:>9.4f} {h.iteration_s:>8.3f} {h.cost_usd:>10.6f}")

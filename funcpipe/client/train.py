@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from funcpipe import codec
+from funcpipe.client.history_log import HistoryLog
 from funcpipe.client.hygiene import (
     batch_size,
     check_batch,
@@ -119,6 +120,7 @@ def train(
     progress: bool = True,
     job_id: str | None = None,
     on_nonfinite: str = "raise",
+    log_dir: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train ``model`` with ``plan`` for ``steps`` steps, one global batch from ``batches`` each.
 
@@ -131,6 +133,8 @@ def train(
     A step whose loss is NaN or infinite raises NonFiniteLoss naming the step
     (``on_nonfinite="raise"``), or has its update dropped by every function while training goes
     on (``"skip"``; the step's ``StepStats.skipped`` is True).
+    ``log_dir`` streams each step of the history to ``<log_dir>/history.csv`` and to TensorBoard
+    event files there while training (needs ``pip install 'funcpipe[tensorboard]'``).
     The input model is left untouched; ``result.model`` is a trained copy.
     """
     if not isinstance(model, nn.Sequential):
@@ -168,7 +172,8 @@ def train(
         if root.list(prefix):
             raise ConfigError(
                 f"storage already holds objects under {prefix!r}: job_id {job_id!r} is in use or "
-                "was left by a killed run; pick another job_id (or delete that prefix)"
+                "was left by a killed run; pick another job_id, or remove a dead job's keys with "
+                f"`funcpipe clean --job {job_id}`"
             )
         # The client's own requests (data, reports, weights) are priced too: count them.
         jobs = ThrottledStorage(PrefixedStorage(root, prefix), LinkConfig(enabled=False))
@@ -180,6 +185,7 @@ def train(
         invocations: dict[WorkerId, Invocation] = {}
         cleanup.callback(lambda: [plat.cancel(inv) for inv in invocations.values()])
         cleanup.enter_context(_sigterm_as_interrupt())
+        log = cleanup.enter_context(HistoryLog(log_dir)) if log_dir is not None else None
 
         feeder = _Feeder(iter(batches), plan, jobs, steps)
         # Data for the first two steps is in storage before any function starts.
@@ -226,6 +232,8 @@ def train(
                 if t == 0:
                     stats = _add_cost(stats, pricing.invocation_cost(plan))
                 history.append(stats)
+                if log is not None:
+                    log.write(stats)
                 reports.append(step_reports)
                 bar.set_postfix(
                     loss=f"{stats.loss:.4f}",

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from funcpipe.errors import ConfigError
+from funcpipe.planning.platforms import AWS_LAMBDA as _AWS
 
 __all__ = [
     "FunctionSpec",
@@ -28,12 +29,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PlatformLimits:
-    """Bounds a platform puts on one function; the defaults are AWS Lambda's."""
+    """Bounds a platform puts on one function; the defaults are AWS Lambda's.
 
-    min_memory_mb: int = 128
-    max_memory_mb: int = 10240
-    max_timeout_s: float = 900.0
-    memory_step_mb: int = 1
+    The figures live in :mod:`funcpipe.planning.platforms` (``profile.limits`` builds one).
+    """
+
+    min_memory_mb: int = _AWS.min_memory_mb
+    max_memory_mb: int = _AWS.max_memory_mb
+    max_timeout_s: float = _AWS.max_timeout_s
+    memory_step_mb: int = _AWS.memory_step_mb
 
     def check(self, spec: FunctionSpec) -> None:
         """Raise ConfigError naming the field of `spec` that this platform cannot run."""

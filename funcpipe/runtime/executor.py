@@ -21,7 +21,7 @@ from funcpipe.errors import StorageTimeout
 from funcpipe.platforms.base import set_activity
 from funcpipe.runtime import keys
 from funcpipe.runtime.collectives import all_reduce
-from funcpipe.runtime.schedule import Action, Lane, Op, WorkerId, channel
+from funcpipe.runtime.schedule import Action, Lane, Op, WorkerId, channel, local_deps
 from funcpipe.runtime.stage import StageRunner
 from funcpipe.storage.base import Storage
 
@@ -68,6 +68,11 @@ class Executor:
         self.worker = worker
         self.actions = actions
         self.eval_actions = eval_actions or []
+        # What each compute action waits for: the schedule's one dependency rule.
+        self.deps = {
+            walk: {a: local_deps(a, acts) for a in acts if a.lane is Lane.COMPUTE}
+            for walk, acts in (("train", self.actions), ("eval", self.eval_actions))
+        }
         self.runner = runner
         self.storage = storage
         self.replicas = replicas
@@ -109,9 +114,13 @@ class Executor:
         uploads: list[Future[None]] = []
         produced: dict[Action, Any] = {}  # compute results waiting to be uploaded
 
-        def arrived(op: Op, mb: int | None) -> tuple[Any, dict[str, str]]:
-            a = Action(op, self.worker.stage, mb)
-            return self._await(downloads.pop(a), a)
+        deps = self.deps["eval" if evaluate else "train"]
+
+        def arrived(a: Action) -> dict[Op, tuple[Any, dict[str, str]]]:
+            """The downloaded values ``a`` depends on, by op, once they are all here."""
+            return {
+                d.op: self._await(downloads.pop(d), d) for d in deps[a] if d.lane is Lane.DOWNLOAD
+            }
 
         for a in actions:
             if a.lane is Lane.DOWNLOAD:
@@ -158,25 +167,26 @@ class Executor:
         self,
         step: int,
         a: Action,
-        arrived: Callable[[Op, int | None], tuple[Any, dict[str, str]]],
+        arrived: Callable[[Action], dict[Op, tuple[Any, dict[str, str]]]],
         produced: dict[Action, Any],
         trace: StepTrace,
     ) -> None:
         s, b, runner = a.stage, a.micro_batch, self.runner
+        inputs = arrived(a)
         if a.op is Op.FORWARD:
-            value, _ = arrived(Op.LOAD_INPUT if runner.is_first else Op.RECV_ACT, b)
+            value, _ = inputs[Op.LOAD_INPUT if runner.is_first else Op.RECV_ACT]
             set_activity(f"forward mb {b}, step {step}")
             t0 = time.time()
             out = runner.forward(b, value)
             produced[Action(Op.SEND_ACT, s, b)] = out
         elif a.op is Op.BACKWARD:
             if runner.is_last:
-                targets, meta = arrived(Op.LOAD_TARGET, b)
+                targets, meta = inputs[Op.LOAD_TARGET]
                 set_activity(f"backward mb {b}, step {step}")
                 t0 = time.time()
                 grads = runner.backward(b, targets=targets, weight=float(meta["weight"]))
             else:
-                g, meta = arrived(Op.RECV_GRAD, b)
+                g, meta = inputs[Op.RECV_GRAD]
                 if meta.get(NONFINITE):
                     runner.nonfinite.add(b)
                 set_activity(f"backward mb {b}, step {step}")
@@ -190,12 +200,12 @@ class Executor:
             if runner.params:  # every replica holds the same layers, so all skip together
                 self._sync(step)
         elif a.op is Op.EVAL_FORWARD:
-            value, _ = arrived(Op.LOAD_INPUT if runner.is_first else Op.RECV_ACT, b)
+            value, _ = inputs[Op.LOAD_INPUT if runner.is_first else Op.RECV_ACT]
             set_activity(f"validation mb {b}, after step {step}")
             t0 = time.time()
             out = runner.eval_forward(value)
             if runner.is_last:
-                targets, meta = arrived(Op.LOAD_TARGET, b)
+                targets, meta = inputs[Op.LOAD_TARGET]
                 loss, correct, counted = runner.score(out, targets, float(meta["weight"]))
                 trace.loss += loss
                 trace.correct += correct

@@ -127,7 +127,10 @@ def channel(action: Action) -> Channel:
 def local_deps(action: Action, actions: list[Action]) -> list[Action]:
     """Actions of the same function that must be done before ``action`` can start.
 
-    Derived from the list itself (a last stage has no RECV_GRAD, a first stage no RECV_ACT), so
+    The one dependency rule of the runtime: the executor waits for exactly these (and takes the
+    downloaded values among them as the action's inputs), the checker builds its graph from them
+    and the planner's simulator replays them. Derived from the list itself (a last stage has no
+    RECV_GRAD, a first stage no RECV_ACT), so
     a hand-written or generated schedule needs no separate dependency table.
     """
     present = set(actions)

@@ -1,0 +1,457 @@
+"""Per-layer cost of an ``nn.Sequential``: time, bytes and memory, measured on this machine.
+
+For every top-level layer and every micro-batch size a plan may use, :func:`profile` measures
+forward and backward time at one or more thread counts, the bytes of the layer's output (what a
+cut after it sends), its parameter, gradient and optimizer-state bytes, and its working memory
+(tensors saved for backward plus the temporaries of forward+backward). A :class:`Profile` answers
+the planner's questions for any micro-batch size and CPU share:
+
+* micro-batch sizes between measured ones are interpolated linearly, beyond them extrapolated
+  along the last measured segment (compute and bytes are close to affine in the batch size);
+* a function with ``cpus`` CPU cores runs torch with ``max(1, floor(cpus))`` threads, as the
+  local platform does; the time at k threads comes from the measured thread counts (Amdahl's law
+  fitted per layer from the first and last measured count when k was not measured), and a
+  fractional share stretches it by ``k / cpus`` (a CPU quota lets the threads run that fraction
+  of the time).
+
+Profiles are plain data: ``save(path)``/``Profile.load(path)`` round-trip through JSON, so one can
+be measured once and shipped with a job.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform as _host
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from funcpipe import codec
+from funcpipe.errors import ConfigError
+
+__all__ = ["LayerProfile", "Profile", "profile"]
+
+FORMAT = "funcpipe-profile/1"
+
+
+@dataclass
+class LayerProfile:
+    """Measurements of one layer; tables are keyed by micro-batch size (and thread count)."""
+
+    name: str
+    param_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    forward_s: dict[int, dict[int, float]]  # micro-batch -> threads -> seconds
+    backward_s: dict[int, dict[int, float]]
+    output_bytes: dict[int, int]  # micro-batch -> bytes of the layer's output
+    saved_bytes: dict[int, int]  # micro-batch -> bytes saved for backward (held until then)
+    temp_bytes: dict[int, int]  # micro-batch -> peak temporaries of forward + backward
+    step_s: dict[int, float] = field(default_factory=dict)  # threads -> optimizer step seconds
+
+
+def _interp(table: dict[int, float], x: float) -> float:
+    """Piecewise-linear in ``x`` through the measured points, extrapolated along the end segments;
+    with a single point, proportional to ``x``. Never below zero."""
+    xs = sorted(table)
+    if len(xs) == 1:
+        return max(0.0, table[xs[0]] * x / xs[0])
+    i = bisect_left(xs, x)
+    if i < len(xs) and xs[i] == x:
+        return float(table[xs[i]])
+    lo, hi = (0, 1) if i == 0 else (len(xs) - 2, len(xs) - 1) if i >= len(xs) else (i - 1, i)
+    x0, x1 = xs[lo], xs[hi]
+    y0, y1 = table[x0], table[x1]
+    y = y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    if x < x0:  # below the smallest size: no less than proportional scaling of the smallest
+        y = max(y, y0 * x / x0)
+    return max(0.0, y)
+
+
+def threads_for(cpus: float) -> int:
+    """torch threads a function with ``cpus`` cores runs (the local platform's rule)."""
+    return max(1, math.floor(cpus + 1e-9))
+
+
+def _at_threads(by_threads: dict[int, float], k: int) -> float:
+    """Seconds at ``k`` threads: measured, or Amdahl's law fitted to the extreme counts."""
+    if k in by_threads:
+        return by_threads[k]
+    lo, hi = min(by_threads), max(by_threads)
+    t_lo, t_hi = by_threads[lo], by_threads[hi]
+    if lo == hi:
+        return t_lo
+    # t(k) = t1 * (s + (1 - s) / k); solve s from the two measured counts.
+    if k < lo:
+        return t_lo * lo / k
+    ratio = t_hi / t_lo
+    serial = (ratio - lo / hi) / (1 - lo / hi) if hi != lo else 1.0
+    serial = min(1.0, max(0.0, serial))
+    t1 = t_lo / (serial + (1 - serial) / lo)
+    return t1 * (serial + (1 - serial) / k)
+
+
+@dataclass
+class Profile:
+    """What the planner knows about a model (see module docstring). Build with :func:`profile`."""
+
+    layers: list[LayerProfile]
+    micro_batch_sizes: list[int]
+    threads: list[int]
+    input_bytes_table: dict[int, int]  # micro-batch -> encoded input bytes
+    target_bytes_table: dict[int, int]  # micro-batch -> encoded target bytes
+    runtime_base_mb: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # --- the questions a planner asks -----------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def _time(self, tables: dict[int, dict[int, float]], micro_batch: float, cpus: float) -> float:
+        if not cpus > 0:
+            raise ConfigError(f"cpus must be > 0, got {cpus!r}")
+        k = threads_for(cpus)
+        per_k = {
+            t: _interp({mb: tables[mb][t] for mb in tables}, micro_batch) for t in self.threads
+        }
+        return _at_threads(per_k, k) * max(1.0, k / cpus)
+
+    def forward_s(self, layer: int, micro_batch: float, cpus: float) -> float:
+        """Seconds of ``layer``'s forward on a micro-batch with ``cpus`` cores."""
+        return self._time(self.layers[layer].forward_s, micro_batch, cpus)
+
+    def backward_s(self, layer: int, micro_batch: float, cpus: float) -> float:
+        """Seconds of ``layer``'s backward (the last layer's includes the loss)."""
+        return self._time(self.layers[layer].backward_s, micro_batch, cpus)
+
+    def step_s(self, layer: int, cpus: float) -> float:
+        """Seconds of the optimizer step on ``layer``'s parameters."""
+        table = self.layers[layer].step_s
+        if not table:
+            return 0.0
+        k = threads_for(cpus)
+        return _at_threads(table, k) * max(1.0, k / cpus)
+
+    def activation_bytes(self, layer: int, micro_batch: float) -> float:
+        """Bytes of ``layer``'s output for a micro-batch (what a cut after it transfers; the
+        gradient coming back has the same size)."""
+        return _interp(self.layers[layer].output_bytes, micro_batch)
+
+    def input_bytes(self, micro_batch: float) -> float:
+        """Encoded bytes of a micro-batch's inputs (what the client feeds stage 0)."""
+        return _interp(self.input_bytes_table, micro_batch)
+
+    def target_bytes(self, micro_batch: float) -> float:
+        """Encoded bytes of a micro-batch's targets (what the client feeds the last stage)."""
+        return _interp(self.target_bytes_table, micro_batch)
+
+    def param_bytes(self, layer: int) -> int:
+        return self.layers[layer].param_bytes
+
+    def grad_bytes(self, layer: int) -> int:
+        return self.layers[layer].grad_bytes
+
+    def optimizer_bytes(self, layer: int) -> int:
+        return self.layers[layer].optimizer_bytes
+
+    def saved_bytes(self, layer: int, micro_batch: float) -> float:
+        """Bytes ``layer`` keeps from forward until backward for one micro-batch."""
+        return _interp(self.layers[layer].saved_bytes, micro_batch)
+
+    def temp_bytes(self, layer: int, micro_batch: float) -> float:
+        """Peak temporaries of ``layer``'s forward + backward for one micro-batch."""
+        return _interp(self.layers[layer].temp_bytes, micro_batch)
+
+    def working_bytes(self, layer: int, micro_batch: float) -> float:
+        """Saved activations + peak temporaries of forward+backward for one micro-batch."""
+        return self.saved_bytes(layer, micro_batch) + self.temp_bytes(layer, micro_batch)
+
+    # --- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Profile:
+        if data.get("format") != FORMAT:
+            raise ConfigError(
+                f"not a FuncPipe profile (format {data.get('format')!r}, expected {FORMAT!r}); "
+                "make one with funcpipe.profile(model, sample_batch)"
+            )
+
+        def ints(table: dict) -> dict[int, Any]:
+            return {int(k): ints(v) if isinstance(v, dict) else v for k, v in table.items()}
+
+        layers = []
+        for raw in data["layers"]:
+            layer = dict(raw)
+            for key in ("forward_s", "backward_s", "output_bytes", "saved_bytes", "temp_bytes",
+                        "step_s"):  # fmt: skip
+                layer[key] = ints(layer.get(key, {}))
+            layers.append(LayerProfile(**layer))
+        return cls(
+            layers=layers,
+            micro_batch_sizes=[int(m) for m in data["micro_batch_sizes"]],
+            threads=[int(t) for t in data["threads"]],
+            input_bytes_table=ints(data["input_bytes_table"]),
+            target_bytes_table=ints(data["target_bytes_table"]),
+            runtime_base_mb=float(data["runtime_base_mb"]),
+            meta=dict(data.get("meta", {})),
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Profile:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data)
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+def _tensors(value: Any) -> tuple[torch.Tensor, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _nbytes(value: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in _tensors(value) if isinstance(t, torch.Tensor))
+
+
+def _take(value: Any, n: int) -> Any:
+    """The first ``n`` samples of a batch, repeating samples if the batch is smaller."""
+
+    def one(t: torch.Tensor) -> torch.Tensor:
+        if t.shape[0] >= n:
+            return t[:n].clone()
+        reps = math.ceil(n / t.shape[0])
+        return t.repeat(reps, *([1] * (t.dim() - 1)))[:n].clone()
+
+    return tuple(one(t) for t in value) if isinstance(value, tuple) else one(value)
+
+
+def _detached(value: Any, grad: bool) -> Any:
+    items = tuple(
+        t.detach().requires_grad_(grad and t.is_floating_point()) for t in _tensors(value)
+    )
+    return items if isinstance(value, tuple) else items[0]
+
+
+def _grad_like(out: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    outs = [t for t in _tensors(out) if isinstance(t, torch.Tensor) and t.requires_grad]
+    return outs, [torch.ones_like(t) for t in outs]
+
+
+class _SavedCounter:
+    """Counts bytes autograd saves for backward, skipping parameters and repeats."""
+
+    def __init__(self, params: Sequence[torch.Tensor]) -> None:
+        self.skip = {p.data_ptr() for p in params}
+        self.seen: set[int] = set()
+        self.total = 0
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr() if t.device.type == "cpu" else id(t)
+        if ptr not in self.skip and ptr not in self.seen:
+            self.seen.add(ptr)
+            self.total += t.untyped_storage().nbytes()
+        return t
+
+
+def _best_time(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, Any]:
+    times, result = [], None
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return min(times), result
+
+
+def _default_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def profile(
+    model: nn.Sequential,
+    sample_batch: Any,
+    *,
+    micro_batch_sizes: Sequence[int] | None = None,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
+    threads: Sequence[int] | None = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    runtime_base_mb: float | None = None,
+) -> Profile:
+    """Measure ``model`` layer by layer on this machine.
+
+    ``sample_batch`` is an ``(inputs, targets)`` pair as ``train`` takes (targets may be None),
+    or an inputs Tensor (then the last layer's backward starts from a gradient of ones and
+    targets cost nothing).
+    ``micro_batch_sizes`` default to 1, half and all of the sample's size; samples are repeated
+    when a size exceeds the sample. ``threads`` default to 1 and 2 when the host has two cores
+    or more (time at other shares is fitted from them). ``loss_fn`` (needs targets) is timed as
+    part of the last layer's backward. ``optimizer`` (default Adam) sizes the optimizer state and
+    times its step. The model itself is not modified (a copy is measured).
+    """
+    if not isinstance(model, nn.Sequential) or len(model) == 0:
+        raise ConfigError(
+            "profile needs a non-empty nn.Sequential; convert a model with "
+            "funcpipe.models.to_sequential(model, example_input)"
+        )
+    if isinstance(sample_batch, tuple | list) and len(sample_batch) == 2:
+        inputs, targets = sample_batch
+    else:
+        inputs, targets = sample_batch, None
+    if loss_fn is not None and targets is None:
+        raise ConfigError("loss_fn needs targets: pass sample_batch=(inputs, targets)")
+    if not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in _tensors(inputs)):
+        raise ConfigError("sample_batch inputs must be a Tensor (or tuple) with the batch first")
+    size = _tensors(inputs)[0].shape[0]
+    sizes = sorted(set(micro_batch_sizes or {1, max(1, size // 2), size}))
+    if any(not isinstance(m, int) or m < 1 for m in sizes):
+        raise ConfigError(f"micro_batch_sizes must be positive ints, got {list(sizes)}")
+    cores = len(os.sched_getaffinity(0))
+    counts = sorted(set(threads or ([1, 2] if cores >= 2 else [1])))
+    if any(not isinstance(k, int) or k < 1 for k in counts):
+        raise ConfigError(f"threads must be positive ints, got {counts}")
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    if runtime_base_mb is None:
+        from funcpipe.planning.platforms import measured_runtime
+
+        runtime_base_mb = measured_runtime()["rss_mb"]
+
+    model = copy.deepcopy(model)
+    model.train()
+    make_opt = optimizer or _default_optimizer
+    n = len(model)
+    fwd: list[dict[int, dict[int, float]]] = [{} for _ in range(n)]
+    bwd: list[dict[int, dict[int, float]]] = [{} for _ in range(n)]
+    out_bytes: list[dict[int, int]] = [{} for _ in range(n)]
+    saved: list[dict[int, int]] = [{} for _ in range(n)]
+    temp: list[dict[int, int]] = [{} for _ in range(n)]
+    in_table: dict[int, int] = {}
+    tgt_table: dict[int, int] = {}
+    previous_threads = torch.get_num_threads()
+    try:
+        for mb in sizes:
+            x_mb = _take(inputs, mb)
+            y_mb = _take(targets, mb) if targets is not None else None
+            in_table[mb] = len(codec.encode(x_mb))
+            tgt_table[mb] = len(codec.encode(y_mb, {"weight": "0.5"})) if y_mb is not None else 0
+            for k in counts:
+                torch.set_num_threads(k)
+                x = x_mb
+                for i, layer in enumerate(model):
+                    last = i == n - 1
+                    xin = _detached(x, grad=i > 0)
+
+                    def run_fwd(layer: nn.Module = layer, xin: Any = xin) -> Any:
+                        return layer(xin)
+
+                    t_f, out = _best_time(run_fwd, repeats, warmup)
+
+                    def run_bwd(
+                        layer: nn.Module = layer, xin: Any = xin, last: bool = last, y: Any = y_mb
+                    ) -> None:
+                        result = layer(xin)
+                        t0 = time.perf_counter()
+                        if last and loss_fn is not None:
+                            loss = loss_fn(result, y)
+                            if loss.requires_grad:
+                                loss.backward()
+                        else:
+                            outs, grads = _grad_like(result)
+                            if outs:
+                                torch.autograd.backward(outs, grads)
+                        run_bwd.elapsed = time.perf_counter() - t0  # type: ignore[attr-defined]
+
+                    times = []
+                    for r in range(warmup + repeats):
+                        run_bwd()
+                        if r >= warmup:
+                            times.append(run_bwd.elapsed)  # type: ignore[attr-defined]
+                    layer.zero_grad(set_to_none=True)
+                    fwd[i].setdefault(mb, {})[k] = t_f
+                    bwd[i].setdefault(mb, {})[k] = min(times)
+                    if k == counts[0]:
+                        out_bytes[i][mb] = _nbytes(out)
+                        counter = _SavedCounter(list(layer.parameters()))
+                        with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
+                            layer(_detached(x, grad=i > 0))
+                        saved[i][mb] = counter.total
+                        # temporaries: the output's gradient and the input's gradient coexist
+                        # with the output during backward
+                        temp[i][mb] = _nbytes(out) + (_nbytes(x) if i > 0 else 0)
+                    x = _detached(out, grad=False)
+        layers = []
+        for i, layer in enumerate(model):
+            params = [p for p in layer.parameters() if p.requires_grad]
+            p_bytes = sum(p.numel() * p.element_size() for p in layer.parameters())
+            g_bytes = sum(p.numel() * p.element_size() for p in params)
+            opt_bytes, step = 0, {}
+            if params:
+                opt = make_opt(params)
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+                for k in counts:
+                    torch.set_num_threads(k)
+                    step[k], _ = _best_time(opt.step, repeats, warmup)
+                opt_bytes = sum(
+                    v.numel() * v.element_size()
+                    for state in opt.state.values()
+                    for v in state.values()
+                    if isinstance(v, torch.Tensor) and v.dim() > 0
+                )
+                layer.zero_grad(set_to_none=True)
+            layers.append(
+                LayerProfile(
+                    name=f"{i}:{type(layer).__name__}",
+                    param_bytes=p_bytes,
+                    grad_bytes=g_bytes,
+                    optimizer_bytes=opt_bytes,
+                    forward_s=fwd[i],
+                    backward_s=bwd[i],
+                    output_bytes=out_bytes[i],
+                    saved_bytes=saved[i],
+                    temp_bytes=temp[i],
+                    step_s=step,
+                )
+            )
+    finally:
+        torch.set_num_threads(previous_threads)
+    return Profile(
+        layers=layers,
+        micro_batch_sizes=sizes,
+        threads=counts,
+        input_bytes_table=in_table,
+        target_bytes_table=tgt_table,
+        runtime_base_mb=float(runtime_base_mb),
+        meta={
+            "torch": torch.__version__,
+            "host": _host.node(),
+            "cpu": _host.processor() or _host.machine(),
+            "host_cores": cores,
+            "repeats": repeats,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )

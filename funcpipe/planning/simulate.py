@@ -1,0 +1,771 @@
+"""Discrete-event simulation of a plan: the runtime's own action lists, replayed against a model
+of the platform.
+
+What is replayed is exactly what runs: ``build_schedule(plan)`` gives every function's list, and
+each function walks it by the rules of :mod:`funcpipe.runtime.schedule` (transfers queue on a FIFO
+upload or download lane, a compute action waits for :func:`~funcpipe.runtime.schedule.local_deps`,
+a download completes after its upload). The parts are modelled after the runtime's code:
+
+* **link** (:class:`~funcpipe.storage.throttle.ThrottledStorage`): per function, one byte stream
+  per direction at the platform's rate, shared first come first served by every request of that
+  function; an upload becomes visible once its bytes are across and returns one request latency
+  later; a download is noticed at the next poll of ``Storage.wait`` (0.5 ms doubling to
+  ``POLL_MAX_S``), then pays the latency, then its bytes.
+* **compute**: forward/backward/optimizer step times from the :class:`Profile` at the CPU share of
+  the stage's memory. On a platform whose functions share one host (``host_cores``, the local
+  emulator) busy functions split the cores max-min fairly, each capped at its share: a function
+  whose demand cannot be met runs proportionally slower.
+* **gradient sync**: the all-reduce of :mod:`funcpipe.runtime.collectives` as the runtime calls it
+  (pipelined: sub-chunks of about ``TARGET_PIECE_BYTES`` with ``IN_FLIGHT`` requests per
+  direction, reduced pieces published as soon as they are ready; naive: one phase after
+  another), with its cleanup (done flags, replica 0 deleting the merged pieces).
+* **client**: data is fed two steps ahead, so a step's inputs and targets are in storage when it
+  starts; the client's requests (feeding, polling reports) are counted for the cost.
+* **between steps**: each function writes its report (one PUT through its link), then starts the
+  next step at once; steps overlap across functions exactly as they do at run time.
+
+Several steps are simulated back to back; ``time_s`` is the steady-state period (end of the last
+step minus end of the first, divided by the steps in between), the figure a measured run's
+``(end[last] - end[0]) / (steps - 1)`` gives.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from funcpipe.errors import ConfigError, ScheduleError
+from funcpipe.planning.memory import micro_batches_held, stage_memory_mb
+from funcpipe.planning.plan import Plan
+from funcpipe.planning.platforms import PlatformProfile, get_platform
+from funcpipe.planning.profile import Profile
+from funcpipe.runtime.collectives import IN_FLIGHT, default_subchunks, split_sizes
+from funcpipe.runtime.schedule import (
+    CLIENT,
+    Action,
+    Lane,
+    Op,
+    WorkerId,
+    build_schedule,
+    channel,
+    local_deps,
+)
+from funcpipe.storage.base import POLL_MAX_S
+
+__all__ = ["FunctionBreakdown", "Prediction", "predict", "simulate"]
+
+_POLL_MIN_S = 0.0005  # Storage.wait's first pause (storage/base.py)
+MONITOR_POLL_S = 0.05  # the client's report polling interval (client/train.py _Monitor.POLL_S)
+REPORT_BYTES_PER_ACTION = 90  # a report's JSON carries one span per action
+SIM_STEPS = 3
+
+
+# --- a tiny discrete-event kernel --------------------------------------------------------------
+
+
+class _Event:
+    __slots__ = ("callbacks", "time")
+
+    def __init__(self) -> None:
+        self.time: float | None = None
+        self.callbacks: list[Callable[[float], None]] = []
+
+    @property
+    def done(self) -> bool:
+        return self.time is not None
+
+
+class _Kernel:
+    """Timed callbacks plus generator processes that ``yield`` events or delays."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+
+    def at(self, t: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (max(t, self.now), next(self._seq), fn))
+
+    def trigger(self, ev: _Event, t: float) -> None:
+        def fire() -> None:
+            ev.time = self.now
+            for cb in ev.callbacks:
+                cb(self.now)
+            ev.callbacks.clear()
+
+        self.at(t, fire)
+
+    def event_at(self, t: float) -> _Event:
+        ev = _Event()
+        self.trigger(ev, t)
+        return ev
+
+    def process(self, gen: Generator[Any, None, None]) -> _Event:
+        finished = _Event()
+
+        def step(_: float = 0.0) -> None:
+            try:
+                item = next(gen)
+            except StopIteration:
+                finished.time = self.now
+                for cb in finished.callbacks:
+                    cb(self.now)
+                finished.callbacks.clear()
+                return
+            ev = item if isinstance(item, _Event) else self.event_at(self.now + float(item))
+            if ev.done:
+                self.at(self.now, step)
+            else:
+                ev.callbacks.append(lambda _t: step())
+
+        self.at(self.now, step)
+        return finished
+
+    def run(self) -> None:
+        while self._heap:
+            t, _, fn = heapq.heappop(self._heap)
+            self.now = t
+            fn()
+
+
+def _all(kernel: _Kernel, events: list[_Event]) -> _Event:
+    """An event that fires when every one of ``events`` has."""
+    out = _Event()
+    pending = [e for e in events if not e.done]
+    if not pending:
+        kernel.trigger(out, kernel.now)
+        return out
+    count = [len(pending)]
+
+    def one(_t: float) -> None:
+        count[0] -= 1
+        if count[0] == 0:
+            kernel.trigger(out, kernel.now)
+
+    for e in pending:
+        e.callbacks.append(one)
+    return out
+
+
+# --- storage, links and lanes --------------------------------------------------------------------
+
+
+class _Store:
+    """When each key becomes visible; downloads wait on it."""
+
+    def __init__(self, kernel: _Kernel) -> None:
+        self.kernel = kernel
+        self.visible: dict[Any, float] = {}
+        self.waiters: dict[Any, list[Callable[[float], None]]] = {}
+
+    def publish(self, key: Any, t: float) -> None:
+        def fire() -> None:
+            self.visible[key] = self.kernel.now
+            for cb in self.waiters.pop(key, []):
+                cb(self.kernel.now)
+
+        self.kernel.at(t, fire)
+
+    def when_visible(self, key: Any, cb: Callable[[float], None]) -> None:
+        if key in self.visible:
+            cb(self.visible[key])
+        else:
+            self.waiters.setdefault(key, []).append(cb)
+
+
+def _noticed(wait_start: float, visible: float) -> float:
+    """When ``Storage.wait`` started at ``wait_start`` sees a key that appears at ``visible``."""
+    t, pause = wait_start, _POLL_MIN_S
+    while t < visible:
+        t += pause
+        pause = min(pause * 2, POLL_MAX_S)
+    return t
+
+
+class _Link:
+    """One direction of a function's link: bytes cross one request after another."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.free = 0.0
+
+    def cross(self, start: float, nbytes: float) -> float:
+        begin = max(start, self.free)
+        self.free = begin + nbytes / self.rate
+        return self.free
+
+
+@dataclass
+class _Counts:
+    puts: float = 0
+    gets: float = 0
+    lists: float = 0
+    deletes: float = 0
+
+
+class _Pool:
+    """A FIFO queue served by ``workers`` threads, each running one request at a time."""
+
+    def __init__(self, fn: _Function, lane: str, workers: int) -> None:
+        self.fn, self.lane, self.idle = fn, lane, workers
+        self.queue: list[tuple[Callable[[Callable[[], None]], None], _Event]] = []
+
+    def submit(self, task: Callable[[Callable[[], None]], None]) -> _Event:
+        ev = _Event()
+        self.queue.append((task, ev))
+        self._dispatch()
+        return ev
+
+    def _dispatch(self) -> None:
+        while self.idle and self.queue:
+            task, ev = self.queue.pop(0)
+            self.idle -= 1
+
+            def finish(ev: _Event = ev) -> None:
+                self.idle += 1
+                self.fn.kernel.trigger(ev, self.fn.kernel.now)
+                self._dispatch()
+
+            task(finish)
+
+
+class _Function:
+    """A function's link, lanes and request counters."""
+
+    def __init__(self, sim: _Sim, worker: WorkerId, link_up: float, link_down: float) -> None:
+        self.sim, self.kernel, self.worker = sim, sim.kernel, worker
+        self.up = _Link(link_up)
+        self.down = _Link(link_down)
+        self.lanes = {
+            Lane.UPLOAD: _Pool(self, "upload", 1),
+            Lane.DOWNLOAD: _Pool(self, "download", 1),
+        }
+        self.counts = _Counts()
+        self.busy: list[tuple[float, float]] = []  # intervals with bytes or latency in flight
+
+    def upload_task(
+        self, key: Any, nbytes: float, span: str | None = None, step: int = 0
+    ) -> Callable[[Callable[[], None]], None]:
+        def run(finish: Callable[[], None]) -> None:
+            t0 = self.kernel.now
+            crossed = self.up.cross(t0, nbytes)
+            self.sim.store.publish(key, crossed)
+            end = crossed + self.sim.latency
+            self.counts.puts += 1
+            self.busy.append((t0, end))
+
+            def done() -> None:
+                if span:
+                    self.sim.record(self.worker, step, span, "upload", t0, end)
+                finish()
+
+            self.kernel.at(end, done)
+
+        return run
+
+    def download_task(
+        self, key: Any, nbytes: float, *, delete: bool, span: str | None = None, step: int = 0
+    ) -> Callable[[Callable[[], None]], None]:
+        def run(finish: Callable[[], None]) -> None:
+            t0 = self.kernel.now
+
+            def seen(visible: float) -> None:
+                noticed = _noticed(t0, visible)
+                end = self.down.cross(noticed + self.sim.latency, nbytes)
+                self.counts.gets += 1
+                self.counts.deletes += int(delete)
+                self.busy.append((noticed, end))
+
+                def done() -> None:
+                    if span:
+                        self.sim.record(self.worker, step, span, "download", t0, end)
+                    finish()
+
+                self.kernel.at(end, done)
+
+            self.sim.store.when_visible(key, seen)
+
+        return run
+
+    def direct(self, task: Callable[[Callable[[], None]], None]) -> _Event:
+        """Run a request on the calling thread (not a lane): an event for when it returns."""
+        ev = _Event()
+        task(lambda: self.kernel.trigger(ev, self.kernel.now))
+        return ev
+
+
+# --- CPU: busy functions share the host's cores ---------------------------------------------------
+
+
+class _Cpu:
+    """Compute jobs progress at full speed unless the host's cores are oversubscribed; then the
+    cores are shared max-min fairly among busy functions, each capped at its own demand."""
+
+    def __init__(self, kernel: _Kernel, cores: float | None) -> None:
+        self.kernel, self.cores = kernel, cores
+        self.jobs: dict[int, list[Any]] = {}  # id -> [remaining work, demand, event, rate]
+        self.last = 0.0
+        self.version = 0
+        self._ids = itertools.count()
+
+    def run(self, work: float, demand: float) -> _Event:
+        ev = _Event()
+        if work <= 0:
+            self.kernel.trigger(ev, self.kernel.now)
+            return ev
+        self._advance()
+        self.jobs[next(self._ids)] = [work, demand, ev, 1.0]
+        self._reschedule()
+        return ev
+
+    def _advance(self) -> None:
+        dt = self.kernel.now - self.last
+        for job in self.jobs.values():
+            job[0] -= job[3] * dt
+        self.last = self.kernel.now
+
+    def _rates(self) -> None:
+        if self.cores is None or sum(j[1] for j in self.jobs.values()) <= self.cores + 1e-9:
+            for j in self.jobs.values():
+                j[3] = 1.0
+            return
+        left, todo = float(self.cores), sorted(self.jobs.values(), key=lambda j: j[1])
+        while todo:
+            fair = left / len(todo)
+            j = todo.pop(0)
+            got = min(j[1], fair)
+            j[3] = got / j[1]
+            left -= got
+
+    def _reschedule(self) -> None:
+        self._rates()
+        self.version += 1
+        version = self.version
+        jid, job = min(self.jobs.items(), key=lambda kv: kv[1][0] / kv[1][3])
+        when = self.kernel.now + max(job[0], 0.0) / job[3]
+
+        def finish() -> None:
+            if version != self.version:
+                return
+            self._advance()
+            done = self.jobs.pop(jid)
+            self.kernel.trigger(done[2], self.kernel.now)
+            if self.jobs:
+                self._reschedule()
+            else:
+                self.version += 1
+
+        self.kernel.at(when, finish)
+
+
+# --- the prediction -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FunctionBreakdown:
+    """Where one function's steady-state iteration goes (seconds; they sum to the period)."""
+
+    compute_s: float
+    communication_s: float  # waiting for its own transfers (bytes or latency in flight)
+    sync_s: float  # the gradient all-reduce
+    idle_s: float  # waiting for other functions (pipeline fill and drain, data from peers)
+
+
+@dataclass
+class Prediction:
+    """What a plan will do on a platform, per steady-state iteration."""
+
+    plan: Plan
+    platform: str
+    time_s: float
+    cost_usd: float
+    memory_mb: list[float]  # per stage: what one of its functions needs
+    breakdown: dict[str, FunctionBreakdown]
+    requests: dict[str, float]
+    first_iteration_s: float
+    startup_s: float
+    cpus: list[float]  # per stage
+    micro_batch_sizes: list[int]
+    reports: list[list[dict[str, Any]]] = field(default_factory=list, repr=False)
+
+    @property
+    def compute_cost_usd(self) -> float:
+        return self.cost_usd - self.request_cost_usd
+
+    request_cost_usd: float = 0.0
+
+    def fits(self) -> bool:
+        """Whether every stage's memory need fits the memory it is given."""
+        return all(m <= s.memory_mb for m, s in zip(self.memory_mb, self.plan.stages, strict=True))
+
+    def trace(self) -> dict[str, Any]:
+        """Chrome/Perfetto trace of the simulated steps, in ``funcpipe train --trace``'s format."""
+        from funcpipe.client.trace import chrome_trace
+
+        return chrome_trace(self.reports)
+
+
+class _Sim:
+    def __init__(
+        self,
+        plan: Plan,
+        profile: Profile,
+        platform: PlatformProfile,
+        sizes: list[int],
+        *,
+        sync_algorithm: str,
+        overlap: bool,
+        steps: int,
+    ) -> None:
+        self.plan, self.profile, self.platform = plan, profile, platform
+        self.sizes, self.sync_algorithm, self.overlap, self.steps = (
+            sizes, sync_algorithm, overlap, steps,
+        )  # fmt: skip
+        self.kernel = _Kernel()
+        self.store = _Store(self.kernel)
+        self.latency = platform.link.latency_s
+        self.cpu = _Cpu(self.kernel, platform.host_cores)
+        self.schedule = build_schedule(plan)
+        self.spans: dict[tuple[WorkerId, int], list[tuple[str, str, float, float]]] = {}
+        self.bounds: dict[tuple[WorkerId, int], tuple[float, float]] = {}
+        self.compute: dict[tuple[WorkerId, int], float] = {}
+        self.sync: dict[tuple[WorkerId, int], float] = {}
+        self.functions = {
+            w: _Function(self, w, platform.link.up_bytes_s, platform.link.down_bytes_s)
+            for w in self.schedule
+            if w != CLIENT
+        }
+        self.cpus = [platform.cpus(s.memory_mb) for s in plan.stages]
+
+    def record(self, w: WorkerId, step: int, label: str, lane: str, t0: float, t1: float) -> None:
+        self.spans.setdefault((w, step), []).append((label, lane, t0, t1))
+
+    # --- sizes -----------------------------------------------------------------------------
+    def nbytes(self, a: Action) -> float:
+        ch = channel(a)
+        mb = self.sizes[ch.micro_batch]
+        if ch.kind == "input":
+            return self.profile.input_bytes(mb)
+        if ch.kind == "target":
+            return self.profile.target_bytes(mb)
+        boundary = (
+            self.plan.stages[ch.stage].end - 1
+            if ch.kind == "act"
+            else (self.plan.stages[ch.stage].start - 1)
+        )
+        return self.profile.activation_bytes(boundary, mb) + 200  # + safetensors header
+
+    def work(self, a: Action) -> float:
+        stage, cpus = self.plan.stages[a.stage], self.cpus[a.stage]
+        layers = range(stage.start, stage.end)
+        if a.op is Op.FORWARD:
+            return sum(self.profile.forward_s(i, self.sizes[a.micro_batch], cpus) for i in layers)
+        if a.op is Op.BACKWARD:
+            mb = self.sizes[a.micro_batch]
+            return sum(self.profile.backward_s(i, mb, cpus) for i in layers)
+        if a.op is Op.STEP:
+            return sum(self.profile.step_s(i, cpus) for i in layers)
+        return 0.0
+
+    def grad_numel(self, s: int) -> int:
+        stage = self.plan.stages[s]
+        grad = sum(self.profile.grad_bytes(i) for i in range(stage.start, stage.end))
+        # flat float32 gradients plus one flag per parameter tensor (unknown: ~1 per 1 KiB)
+        return int(grad // 4)
+
+    # --- processes -----------------------------------------------------------------------------
+    def function(self, w: WorkerId) -> Generator[Any, None, None]:
+        fn = self.functions[w]
+        actions = self.schedule[w]
+        deps = {a: local_deps(a, actions) for a in actions}
+        cpus = self.cpus[w.stage]
+        demand = min(cpus, float(max(1, math.floor(cpus + 1e-9))))
+        for step in range(self.steps):
+            start = self.kernel.now
+            done: dict[Action, _Event] = {}  # an action's event; made early if waited for
+
+            def finished(a: Action, ev: _Event, done: dict[Action, _Event] = done) -> None:
+                mine = done.setdefault(a, ev)
+                if mine is not ev:
+                    ev.callbacks.append(lambda _t, mine=mine: self.kernel.trigger(mine, _t))
+
+            uploads: list[_Event] = []
+            compute = sync = 0.0
+            for a in actions:
+                label = str(a)
+                if a.lane is Lane.UPLOAD:
+                    ev = fn.lanes[Lane.UPLOAD].submit(
+                        fn.upload_task((step, channel(a)), self.nbytes(a), label, step)
+                    )
+                    uploads.append(ev)
+                    finished(a, ev)
+                elif a.lane is Lane.DOWNLOAD:
+                    ev = fn.lanes[Lane.DOWNLOAD].submit(
+                        fn.download_task(
+                            (step, channel(a)), self.nbytes(a), delete=True, span=label, step=step
+                        )
+                    )
+                    finished(a, ev)
+                else:
+                    for d in deps[a]:
+                        ev = done.setdefault(d, _Event())
+                        if not ev.done:
+                            yield ev
+                    t0 = self.kernel.now
+                    if a.op is Op.SYNC:
+                        if self.grad_numel(a.stage):
+                            yield from self.all_reduce(fn, step, a.stage)
+                        sync += self.kernel.now - t0
+                    else:
+                        yield self.cpu.run(self.work(a), demand)
+                        compute += self.kernel.now - t0
+                    finished(a, self.kernel.event_at(self.kernel.now))
+                    self.record(w, step, label, "compute", t0, self.kernel.now)
+                if not self.overlap and a.lane is not Lane.COMPUTE:
+                    yield done[a]
+            for ev in uploads:
+                if not ev.done:
+                    yield ev
+            self.bounds[(w, step)] = (start, self.kernel.now)
+            self.compute[(w, step)] = compute
+            self.sync[(w, step)] = sync
+            report = fn.upload_task(("report", step, w), REPORT_BYTES_PER_ACTION * len(actions))
+            yield fn.direct(report)
+
+    def all_reduce(self, fn: _Function, step: int, s: int) -> Generator[Any, None, None]:
+        """The runtime's all_reduce for replica ``fn.worker.replica`` of stage ``s``."""
+        n, w = self.plan.stages[s].replicas, fn.worker.replica
+        numel = self.grad_numel(s) + 1
+        pipelined = self.sync_algorithm == "pipelined"
+        k = default_subchunks(numel, n, 4) if pipelined else 1
+        k = max(1, min(k, numel // n)) if numel >= n else 1
+        pieces = [split_sizes(c, k) for c in split_sizes(numel, n)]
+        workers = IN_FLIGHT if pipelined else 1
+        up, down = _Pool(fn, "upload", workers), _Pool(fn, "download", workers)
+
+        def key(*parts: Any) -> tuple[Any, ...]:
+            return ("sync", step, s, *parts)
+
+        sources = [(w - t) % n for t in range(1, n)]
+        others = [(w + t) % n for t in range(1, n)]
+        if pipelined:
+            sent = [
+                up.submit(fn.upload_task(key("rs", (w + t) % n, w, j), 4 * pieces[(w + t) % n][j]))
+                for t in range(1, n)
+                for j in range(k)
+            ]
+            fetched = [
+                (src, j, down.submit(
+                    fn.download_task(key("rs", w, src, j), 4 * pieces[w][j], delete=True)
+                ))
+                for src in sources
+                for j in range(k)
+            ]  # fmt: skip
+            merged = [
+                down.submit(fn.download_task(key("ag", o, j), 4 * pieces[o][j], delete=False))
+                for j in range(k)
+                for o in others
+            ]
+            for src, j, ev in fetched:
+                if not ev.done:
+                    yield ev
+                if src == sources[-1]:
+                    sent.append(up.submit(fn.upload_task(key("ag", w, j), 4 * pieces[w][j])))
+            for ev in merged + sent:
+                if not ev.done:
+                    yield ev
+        else:
+            for t in range(1, n):
+                o = (w + t) % n
+                yield fn.direct(fn.upload_task(key("rs", o, w, 0), 4 * pieces[o][0]))
+            for src in sources:
+                yield fn.direct(
+                    fn.download_task(key("rs", w, src, 0), 4 * pieces[w][0], delete=True)
+                )
+            yield fn.direct(fn.upload_task(key("ag", w, 0), 4 * pieces[w][0]))
+            for o in others:
+                yield fn.direct(fn.download_task(key("ag", o, 0), 4 * pieces[o][0], delete=False))
+        # cleanup: replicas > 0 write a done flag; replica 0 collects them, deletes the ag keys
+        if w:
+            yield fn.direct(fn.upload_task(key("done", w), 0))
+            return
+        flags = [down.submit(fn.download_task(key("done", r), 0, delete=True)) for r in range(1, n)]
+        yield _all(self.kernel, flags)
+        fn.counts.lists += 1
+        fn.counts.deletes += n * k
+        yield self.latency
+
+    def run(self) -> None:
+        # The client feeds two steps ahead: every step's data is in storage before it starts.
+        for step in range(self.steps):
+            for a in self.schedule[CLIENT]:
+                self.store.publish((step, channel(a)), 0.0)
+        finished = {w: self.kernel.process(self.function(w)) for w in self.functions}
+        self.kernel.run()
+        stuck = [str(w) for w, ev in finished.items() if not ev.done]
+        if stuck:
+            raise ScheduleError(
+                f"simulation of the plan's schedule never finished on {', '.join(stuck)}: "
+                "its dependencies form a cycle (run funcpipe.runtime.check.check_schedule)"
+            )
+
+
+def _micro_batch_sizes(plan: Plan, profile: Profile, batch_size: int | None) -> list[int]:
+    if batch_size is None:
+        return [max(profile.micro_batch_sizes)] * plan.micro_batches
+    plan.check_batch(batch_size)
+    base, extra = divmod(batch_size, plan.micro_batches)
+    return [base + (b < extra) for b in range(plan.micro_batches)]  # torch.tensor_split's sizes
+
+
+def _memory_mb(plan: Plan, profile: Profile, s: int, sizes: list[int], base_mb: float) -> float:
+    stage = plan.stages[s]
+    return stage_memory_mb(
+        profile,
+        stage.start,
+        stage.end,
+        micro_batch=max(sizes),
+        held=micro_batches_held(plan.micro_batches, stage.replicas),
+        replicas=stage.replicas,
+        base_mb=base_mb,
+    )
+
+
+def simulate(
+    plan: Plan,
+    profile: Profile,
+    platform: str | PlatformProfile = "aws-lambda",
+    *,
+    batch_size: int | None = None,
+    sync_algorithm: str = "pipelined",
+    overlap: bool = True,
+    steps: int = SIM_STEPS,
+) -> Prediction:
+    """Simulate ``steps`` iterations of ``plan``; see the module docstring for the model."""
+    prof = get_platform(platform)
+    if not isinstance(plan, Plan):
+        raise ConfigError("plan must be a funcpipe.Plan")
+    plan.check_model(profile.num_layers)
+    if steps < 2:
+        raise ConfigError(f"steps must be >= 2 to measure a steady-state period, got {steps}")
+    sizes = _micro_batch_sizes(plan, profile, batch_size)
+    sim = _Sim(
+        plan, profile, prof, sizes, sync_algorithm=sync_algorithm, overlap=overlap, steps=steps
+    )
+    sim.run()
+    ends = [max(sim.bounds[(w, t)][1] for w in sim.functions) for t in range(steps)]
+    period = (ends[-1] - ends[0]) / (steps - 1)
+    first = ends[0]
+
+    breakdown: dict[str, FunctionBreakdown] = {}
+    t = steps - 1
+    for w, fn in sim.functions.items():
+        lo, hi = ends[t - 1], ends[t]
+        comp = sim.compute[(w, t)]
+        syn = sim.sync[(w, t)]
+        start, end = sim.bounds[(w, t)]
+        blocked = max(0.0, (end - start) - comp - syn)
+        comm = min(blocked, _overlap_in(fn.busy, start, end) - _compute_overlap(sim, w, t, fn))
+        comm = max(0.0, comm)
+        breakdown[str(w)] = FunctionBreakdown(
+            compute_s=comp,
+            communication_s=comm,
+            sync_s=syn,
+            idle_s=max(0.0, (hi - lo) - comp - syn - comm),
+        )
+
+    total = _Counts()
+    for fn in sim.functions.values():
+        for name in ("puts", "gets", "lists", "deletes"):
+            setattr(total, name, getattr(total, name) + getattr(fn.counts, name))
+    per_step = {k: v / steps for k, v in vars(total).items()}
+    # the client: 2 puts per micro-batch, one exists() per poll, one get+delete per report
+    per_step["puts"] += 2 * plan.micro_batches
+    per_step["gets"] += period / MONITOR_POLL_S + 2 * plan.num_functions
+    per_step["deletes"] += plan.num_functions
+    pricing = prof.pricing
+    request_cost = pricing.request_cost(
+        per_step["puts"], per_step["gets"], per_step["lists"], per_step["deletes"]
+    )
+    base = prof.runtime_base_mb
+    reports = [
+        [
+            {
+                "step": s,
+                "stage": w.stage,
+                "replica": w.replica,
+                "start": sim.bounds[(w, s)][0],
+                "end": sim.bounds[(w, s)][1],
+                "loss": 0.0,
+                "spans": sim.spans.get((w, s), []),
+                "traffic": {},
+            }
+            for w in sorted(sim.functions)
+        ]
+        for s in range(steps)
+    ]
+    return Prediction(
+        plan=plan,
+        platform=prof.name,
+        time_s=period,
+        cost_usd=pricing.compute_cost(plan, period) + request_cost,
+        request_cost_usd=request_cost,
+        memory_mb=[_memory_mb(plan, profile, s, sizes, base) for s in range(plan.num_stages)],
+        breakdown=breakdown,
+        requests=per_step,
+        first_iteration_s=prof.startup + first,
+        startup_s=prof.startup,
+        cpus=sim.cpus,
+        micro_batch_sizes=sizes,
+        reports=reports,
+    )
+
+
+def _overlap_in(intervals: list[tuple[float, float]], lo: float, hi: float) -> float:
+    """Length of the union of ``intervals`` inside [lo, hi]."""
+    total, cur_lo, cur_hi = 0.0, None, None
+    for a, b in sorted((max(a, lo), min(b, hi)) for a, b in intervals if b > lo and a < hi):
+        if cur_hi is None or a > cur_hi:
+            if cur_hi is not None:
+                total += cur_hi - cur_lo
+            cur_lo, cur_hi = a, b
+        else:
+            cur_hi = max(cur_hi, b)
+    if cur_hi is not None:
+        total += cur_hi - cur_lo
+    return total
+
+
+def _compute_overlap(sim: _Sim, w: WorkerId, step: int, fn: _Function) -> float:
+    """Link activity hidden behind compute (it does not delay the function)."""
+    compute = [(a, b) for label, lane, a, b in sim.spans.get((w, step), []) if lane == "compute"]
+    hidden = 0.0
+    for a, b in compute:
+        hidden += _overlap_in(fn.busy, a, b)
+    return hidden
+
+
+def predict(
+    plan: Plan,
+    profile: Profile,
+    platform: str | PlatformProfile = "aws-lambda",
+    *,
+    batch_size: int | None = None,
+    sync_algorithm: str = "pipelined",
+    overlap: bool = True,
+) -> Prediction:
+    """Time, cost and memory of one steady-state iteration of ``plan`` on ``platform``.
+
+    ``platform`` is a name ("aws-lambda", "aws-lambda-arm64", "alibaba-fc", "local") or a
+    :class:`~funcpipe.planning.platforms.PlatformProfile`. ``batch_size`` is the global batch
+    (split into ``plan.micro_batches`` micro-batches as ``train`` splits it); None means each
+    micro-batch has the profile's largest measured size.
+    """
+    return simulate(
+        plan, profile, platform, batch_size=batch_size, sync_algorithm=sync_algorithm,
+        overlap=overlap,
+    )  # fmt: skip

@@ -1,0 +1,89 @@
+"""The profiler measures every layer; a Profile round-trips through JSON and interpolates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import funcpipe
+from funcpipe.errors import ConfigError
+from funcpipe.planning.profile import Profile, profile
+
+
+def test_profile_measures_every_layer(cnn_profile: Profile) -> None:
+    p = cnn_profile
+    assert p.num_layers == 12 and p.layer_names[0] == "0:Conv2d"
+    assert p.micro_batch_sizes == [2, 4]
+    for i in range(p.num_layers):
+        assert p.forward_s(i, 4, 1.0) > 0 and p.backward_s(i, 4, 1.0) > 0
+    # exact byte counts: conv0 outputs 32x32x32 floats per sample, 3x3x3x32+32 params
+    assert p.activation_bytes(0, 4) == 4 * 32 * 32 * 32 * 4
+    assert p.activation_bytes(0, 8) == 8 * 32 * 32 * 32 * 4  # linear beyond the measured sizes
+    assert p.param_bytes(0) == (3 * 3 * 3 * 32 + 32) * 4 == p.grad_bytes(0)
+    assert p.optimizer_bytes(0) == 2 * p.param_bytes(0)  # Adam: two moments
+    assert p.param_bytes(1) == 0 and p.optimizer_bytes(1) == 0
+    assert p.input_bytes(4) > 4 * 3 * 32 * 32 * 4  # encoded: tensor bytes plus a header
+    assert p.input_bytes(4) < 4 * 3 * 32 * 32 * 4 + 1000
+    assert p.target_bytes(4) > 0
+    # a ReLU saves its output; a conv its input
+    assert p.saved_bytes(1, 4) == p.activation_bytes(1, 4)
+    assert p.working_bytes(2, 4) >= p.saved_bytes(2, 4) > 0
+
+
+def test_cpu_share_scaling(cnn_profile: Profile) -> None:
+    p = cnn_profile
+    one = p.forward_s(0, 4, 1.0)
+    assert p.forward_s(0, 4, 0.5) == pytest.approx(2 * one)  # half a core: twice as long
+    assert p.forward_s(0, 4, 1.9) == pytest.approx(one)  # one thread cannot use 1.9 cores
+    assert p.forward_s(0, 4, 2.0) == pytest.approx(p.layers[0].forward_s[4][max(p.threads)])
+    assert p.step_s(0, 1.0) > 0 and p.step_s(1, 1.0) == 0
+
+
+def test_json_round_trip(cnn_profile: Profile, tmp_path) -> None:
+    path = tmp_path / "cnn.json"
+    cnn_profile.save(path)
+    back = Profile.load(path)
+    assert back == cnn_profile
+    assert back.forward_s(3, 3, 0.7) == cnn_profile.forward_s(3, 3, 0.7)
+    (tmp_path / "bad.json").write_text('{"format": "other"}')
+    with pytest.raises(ConfigError, match="funcpipe.profile"):
+        Profile.load(tmp_path / "bad.json")
+
+
+def test_interpolation_between_measured_sizes() -> None:
+    from funcpipe.planning.profile import _interp
+
+    table = {2: 1.0, 4: 2.0, 8: 3.0}
+    assert _interp(table, 3) == pytest.approx(1.5)
+    assert _interp(table, 6) == pytest.approx(2.5)
+    assert _interp(table, 16) == pytest.approx(5.0)  # along the last segment
+    assert _interp({4: 2.0}, 2) == pytest.approx(1.0)  # one point: proportional
+
+
+def test_tuple_outputs_and_token_inputs() -> None:
+    class Pair(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x, x * 2
+
+    class Join(nn.Module):
+        def forward(self, xs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            return xs[0] + xs[1]
+
+    model = nn.Sequential(nn.Embedding(50, 8), Pair(), Join(), nn.Linear(8, 3))
+    tokens = torch.randint(0, 50, (4, 5))
+    p = profile(model, tokens, repeats=1, runtime_base_mb=1.0, micro_batch_sizes=[2])
+    assert p.activation_bytes(1, 2) == 2 * (2 * 5 * 8 * 4)
+    assert p.target_bytes(2) == 0
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ConfigError, match="nn.Sequential"):
+        profile(nn.Linear(2, 2), torch.randn(2, 2), runtime_base_mb=1.0)
+    with pytest.raises(ConfigError, match="micro_batch_sizes"):
+        profile(nn.Sequential(nn.Linear(2, 2)), torch.randn(2, 2), micro_batch_sizes=[0],
+                runtime_base_mb=1.0)  # fmt: skip
+
+
+def test_exported() -> None:
+    assert funcpipe.profile is profile and funcpipe.Profile is Profile

@@ -1,0 +1,135 @@
+"""The simulator on cases that can be worked out by hand, and its outputs' shapes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import funcpipe
+from funcpipe import Plan, Stage
+from funcpipe.errors import ConfigError
+from funcpipe.planning.platforms import AWS_LAMBDA, LinkProfile
+from funcpipe.planning.profile import LayerProfile, Profile
+from funcpipe.planning.simulate import REPORT_BYTES_PER_ACTION, _Cpu, _Kernel, predict
+
+MB = 4  # every micro-batch has 4 samples
+
+
+def layer(name: str, fwd: float, bwd: float, out: int, params: int = 0, step: float = 0.0):
+    return LayerProfile(
+        name=name, param_bytes=params, grad_bytes=params, optimizer_bytes=2 * params,
+        forward_s={MB: {1: fwd}}, backward_s={MB: {1: bwd}}, output_bytes={MB: out},
+        saved_bytes={MB: out}, temp_bytes={MB: out}, step_s={1: step} if params else {},
+    )  # fmt: skip
+
+
+def hand_profile(*layers: LayerProfile, inputs: int = 100_000, targets: int = 10_000) -> Profile:
+    return Profile(
+        layers=list(layers), micro_batch_sizes=[MB], threads=[1],
+        input_bytes_table={MB: inputs}, target_bytes_table={MB: targets}, runtime_base_mb=100.0,
+    )  # fmt: skip
+
+
+# one core at 1769 MB, a 1 MB/s link with 10 ms per request, no start-up
+SLOW = AWS_LAMBDA.replace(
+    link=LinkProfile(up_bytes_s=1e6, down_bytes_s=1e6, latency_s=0.01),
+    startup_s=0.0, runtime_base_mb_value=100.0,
+)  # fmt: skip
+
+
+def test_one_stage_exact_time() -> None:
+    prof = hand_profile(layer("l0", 0.2, 0.3, 1000, params=4000, step=0.05))
+    plan = Plan(stages=[Stage(start=0, end=1, memory_mb=1769)], micro_batches=1)
+    pred = predict(plan, prof, SLOW, batch_size=MB)
+    # LOAD_INPUT 0.01 + 0.1 s; LOAD_TARGET (queued behind it) ends at 0.13, hidden by FORWARD
+    # 0.11..0.31; BACKWARD 0.31..0.61; STEP ..0.66; report PUT 0.01 s + 5 actions * 90 B / 1 MB/s
+    report = 0.01 + 5 * REPORT_BYTES_PER_ACTION / 1e6
+    assert pred.time_s == pytest.approx(0.66 + report, abs=1e-9)
+    assert pred.first_iteration_s == pytest.approx(0.66, abs=1e-9)
+    b = pred.breakdown["stage0-replica0"]
+    assert b.compute_s == pytest.approx(0.55)
+    assert b.communication_s == pytest.approx(0.11)
+    assert b.sync_s == 0
+    gb = 1769 / 1024
+    # cost: time x GB x price + requests (2 GETs+DELETEs, report PUT, client feeding + polling)
+    assert pred.cost_usd > pred.time_s * gb * SLOW.prices.gb_second
+    assert pred.requests["puts"] == 1 + 2  # report + client feeding two objects
+    # params + grads + Adam state + what the micro-batch saved + its temporaries
+    assert pred.memory_mb == [pytest.approx(100 + (4 * 4000 + 1000 + 1000) / 2**20)]
+
+
+def test_half_a_core_doubles_compute() -> None:
+    prof = hand_profile(layer("l0", 0.2, 0.3, 1000))
+    fast = predict(Plan(stages=[Stage(start=0, end=1, memory_mb=1769)]), prof, SLOW)
+    slow = predict(Plan(stages=[Stage(start=0, end=1, memory_mb=1769 // 2 + 1)]), prof, SLOW)
+    assert slow.breakdown["stage0-replica0"].compute_s == pytest.approx(
+        2 * fast.breakdown["stage0-replica0"].compute_s, rel=1e-3
+    )
+
+
+def test_two_stages_transfer_is_bandwidth_plus_latency_plus_a_poll() -> None:
+    prof = hand_profile(layer("a", 0.1, 0.1, 200_000), layer("b", 0.1, 0.1, 10))
+    plan = Plan(
+        stages=[Stage(start=0, end=1, memory_mb=1769), Stage(start=1, end=2, memory_mb=1769)]
+    )
+    pred = predict(plan, prof, SLOW, batch_size=MB)
+    spans = {s[0]: s for r in pred.reports[0] for s in r["spans"]}
+    send = spans["send_act mb0@s0"]
+    recv = spans["recv_act mb0@s1"]
+    # the activation (200 KB + header) crosses at 1 MB/s, is visible 0.2 s after the forward,
+    # then the receiver notices it (poll <= 10 ms), pays 10 ms and downloads it in 0.2 s
+    assert send[3] - send[2] == pytest.approx(0.2002 + 0.01)
+    assert 0.2 + 0.01 + 0.2 <= recv[3] - send[2] <= 0.2 + 0.01 + 0.2 + 0.0102
+
+
+def test_cpu_contention_on_a_shared_host() -> None:
+    kernel = _Kernel()
+    cpu = _Cpu(kernel, cores=1)
+    a, b = cpu.run(1.0, 1.0), cpu.run(1.0, 1.0)
+    kernel.run()
+    assert a.time == pytest.approx(2.0) and b.time == pytest.approx(2.0)
+    kernel = _Kernel()
+    cpu = _Cpu(kernel, cores=2)
+    a, b = cpu.run(1.0, 1.0), cpu.run(3.0, 1.0)
+    kernel.run()
+    assert a.time == pytest.approx(1.0) and b.time == pytest.approx(3.0)
+    kernel = _Kernel()
+    cpu = _Cpu(kernel, cores=1)
+    a, b = cpu.run(1.0, 0.25), cpu.run(1.0, 1.0)  # a quarter-core function keeps its quarter
+    kernel.run()
+    # b runs at 0.75 until a is done at 1.0, then alone: 0.25 of work left
+    assert a.time == pytest.approx(1.0) and b.time == pytest.approx(1.25)
+
+
+def test_replicas_sync_and_scale(cnn_profile: Profile) -> None:
+    plan1 = Plan.even(12, stages=2, replicas=1, memory_mb=1769, micro_batches=4)
+    plan2 = Plan.even(12, stages=2, replicas=2, memory_mb=1769, micro_batches=4)
+    p1 = predict(plan1, cnn_profile, "aws-lambda", batch_size=16)
+    p2 = predict(plan2, cnn_profile, "aws-lambda", batch_size=16)
+    assert p2.breakdown["stage0-replica1"].sync_s > 0
+    assert p1.breakdown["stage0-replica0"].sync_s == 0
+    assert p2.requests["lists"] > 0  # replica 0 deletes the merged pieces
+    assert len(p2.memory_mb) == 2 and all(m > 300 for m in p2.memory_mb)  # base 300 MB + model
+
+
+def test_trace_has_the_train_trace_format(cnn_profile: Profile) -> None:
+    plan = Plan.even(12, stages=3, replicas=2, memory_mb=1024, micro_batches=4)
+    pred = predict(plan, cnn_profile, "local", batch_size=16)
+    trace = json.loads(json.dumps(pred.trace()))
+    names = {e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "process_name"}
+    assert names == {f"stage{s}-replica{r}" for s in range(3) for r in range(2)}
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert {e["cat"] for e in spans} == {"compute", "upload", "download"}
+    assert any(e["name"] == "sync@s1" for e in spans)
+
+
+def test_errors(cnn_profile: Profile) -> None:
+    with pytest.raises(ConfigError, match="layers"):
+        predict(Plan.even(5, stages=1), cnn_profile, "aws-lambda")
+    with pytest.raises(ConfigError, match="unknown platform"):
+        predict(Plan.even(12, stages=1), cnn_profile, "nowhere")
+
+
+def test_exported() -> None:
+    assert funcpipe.predict is predict and funcpipe.Prediction.__name__ == "Prediction"

@@ -11,6 +11,7 @@ import click
 import torch
 
 from funcpipe.client.demo import DEMO_MODEL, make_job, model_names
+from funcpipe.client.deploy import deploy_cmd
 from funcpipe.client.jobs import LIVE_WINDOW_S
 from funcpipe.client.pricing import AWS_LAMBDA
 from funcpipe.client.trace import chrome_trace
@@ -339,6 +340,9 @@ def models_cmd() -> None:
     """List the models `funcpipe train --model` accepts."""
     for name in model_names():
         click.echo(name)
+
+
+cli.add_command(deploy_cmd)
 
 
 def main() -> None:

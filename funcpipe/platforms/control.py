@@ -1,0 +1,381 @@
+"""Control records a cloud function and its client exchange through the job's storage.
+
+An asynchronous invocation (Lambda's ``InvocationType=Event``, a Lithops call on a remote
+backend) returns nothing the client can watch, so each function writes what it is doing into the
+job's storage, and reads from there what the client wants of it:
+
+``control/g{generation}/s{stage}r{replica}/``
+  ``claim``   created once, with create-only semantics, by the first attempt of the function;
+              a retried invocation finds it taken and exits without touching the job's keys
+  ``status``  JSON: ``state`` (started, running, done, failed, cancelled), timestamps,
+              heartbeats, peak memory, billed milliseconds and, on failure, the traceback
+  ``abort``   written by the client to stop the function (cancel)
+
+``control/payload/{sha256}`` holds the parts of an invocation payload too big for the platform's
+payload limit. Only data travels that way (safetensors bytes, JSON): the payload's pickled code
+never leaves the payload, because nothing read from storage is ever unpickled.
+
+Every key lives under the job's prefix, so deleting the job deletes them too.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import math
+import os
+import resource
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from funcpipe.errors import ConfigError, KeyNotFound, StorageError
+from funcpipe.storage import open_storage
+from funcpipe.storage.base import Storage
+from funcpipe.storage.prefixed import PrefixedStorage
+
+__all__ = [
+    "ControlKeys",
+    "FunctionGuard",
+    "claim",
+    "fit_payload",
+    "job_storage",
+    "restore_payload",
+]
+
+#: Payload fields that hold cloudpickle bytes: they stay in the payload, whatever its size.
+PICKLED_FIELDS = frozenset({"pickle"})
+#: Smallest field worth moving to storage (a request costs more than a few bytes of payload).
+MIN_OFFLOAD_BYTES = 1024
+OFFLOAD_MARK = "$funcpipe-storage"
+
+
+@dataclass(frozen=True)
+class ControlKeys:
+    """Keys of one function of one generation, relative to the job's prefix."""
+
+    generation: int
+    stage: int
+    replica: int
+
+    @property
+    def prefix(self) -> str:
+        return f"control/g{self.generation}/s{self.stage}r{self.replica}/"
+
+    @property
+    def claim(self) -> str:
+        return self.prefix + "claim"
+
+    @property
+    def status(self) -> str:
+        return self.prefix + "status"
+
+    @property
+    def abort(self) -> str:
+        return self.prefix + "abort"
+
+    @staticmethod
+    def of(package: dict[str, Any]) -> ControlKeys:
+        return ControlKeys(
+            int(package.get("generation", 0)), int(package["stage"]), int(package["replica"])
+        )
+
+
+def job_storage(storage_url: str, job_id: str) -> tuple[Storage, PrefixedStorage]:
+    """(the backend itself, the job's view of it); close the first when done."""
+    from funcpipe.runtime import keys
+
+    root = open_storage(storage_url)
+    return root, PrefixedStorage(root, keys.job_prefix(job_id))
+
+
+# --- create-only writes --------------------------------------------------------------------------
+
+
+def claim(root: Storage, key: str, data: bytes) -> bool:
+    """Create ``key`` with ``data`` unless it exists; True when this call created it.
+
+    Atomic on every shared backend: S3 conditional writes (``If-None-Match: *``), Redis
+    ``SET NX``, a hard link on a local directory. ``key`` is the full key inside ``root``.
+    """
+    from funcpipe.storage.local_dir import LocalDirStorage
+    from funcpipe.storage.s3 import S3Storage
+
+    if isinstance(root, S3Storage):
+        return _claim_s3(root, key, data)
+    if isinstance(root, LocalDirStorage):
+        return _claim_local(root, key, data)
+    client = getattr(root, "client", None)
+    if client is not None and hasattr(client, "set"):  # RedisStorage
+        try:
+            return bool(client.set(key, data, nx=True))
+        except Exception as exc:
+            raise StorageError(f"redis SET NX of {key!r} failed: {exc}") from exc
+    raise ConfigError(
+        f"storage {root!r} has no create-only write, which cloud functions need to tell a "
+        "retried invocation from the first one; use s3://, redis:// or a local directory"
+    )
+
+
+def _claim_s3(root: Any, key: str, data: bytes) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        root._client.put_object(
+            Bucket=root.options.bucket, Key=root._key(key), Body=data, IfNoneMatch="*"
+        )
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+            return False
+        raise StorageError(f"S3 conditional PUT of {key!r} failed: {exc}") from exc
+    return True
+
+
+def _claim_local(root: Any, key: str, data: bytes) -> bool:
+    path = root._path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}#{uuid.uuid4().hex}.claim")
+    tmp.write_bytes(data)
+    try:
+        os.link(tmp, path)  # atomic, and fails if the name exists
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+# --- payloads that fit the platform's limit ------------------------------------------------------
+
+
+def _big_fields(node: Any, path: tuple) -> list[tuple[int, tuple]]:
+    """(size, path) of every string field that may travel through storage instead."""
+    out: list[tuple[int, tuple]] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in PICKLED_FIELDS:
+                continue
+            if isinstance(v, str) and len(v) >= MIN_OFFLOAD_BYTES:
+                out.append((len(v), (*path, k)))
+            else:
+                out.extend(_big_fields(v, (*path, k)))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out.extend(_big_fields(v, (*path, i)))
+    return out
+
+
+def _encode(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def fit_payload(package: dict[str, Any], shared: Storage, max_bytes: int, *, what: str) -> bytes:
+    """The invocation event for ``package``, at most ``max_bytes``, largest data in storage.
+
+    ``shared`` is the job's storage. Pickled code is never moved: when it alone is too big the
+    error says so and how to shrink it.
+    """
+    event = {"funcpipe": 1, "package": json.loads(json.dumps(package))}
+    body = _encode(event)
+    if len(body) <= max_bytes:
+        return body
+    for _size, path in sorted(_big_fields(event["package"], ()), reverse=True):
+        parent = event["package"]
+        for part in path[:-1]:
+            parent = parent[part]
+        text = parent[path[-1]].encode()
+        digest = hashlib.sha256(text).hexdigest()
+        key = f"control/payload/{digest}"
+        shared.put(key, text)
+        parent[path[-1]] = {OFFLOAD_MARK: key, "sha256": digest}
+        body = _encode(event)
+        if len(body) <= max_bytes:
+            return body
+    pickled = sum(len(v) for v in _pickled_values(event["package"]))
+    raise ConfigError(
+        f"{what}: its invocation payload is {len(body)} bytes, over the platform's limit of "
+        f"{max_bytes} bytes, and {pickled} bytes of it are pickled code, which must travel "
+        "inside the payload (nothing read from storage is unpickled). Pass the layers, loss and "
+        "optimizer as import references instead (funcpipe.runtime.package.code_ref("
+        "'package.module:attr'), with the package installed in the function's image), or define "
+        "fewer or smaller objects in your script"
+    )
+
+
+def _pickled_values(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        out = [v for k, v in node.items() if k in PICKLED_FIELDS and isinstance(v, str)]
+        for k, v in node.items():
+            if k not in PICKLED_FIELDS:
+                out.extend(_pickled_values(v))
+        return out
+    if isinstance(node, list):
+        return [x for v in node for x in _pickled_values(v)]
+    return []
+
+
+def restore_payload(node: Any, shared: Storage) -> Any:
+    """Put the fields :func:`fit_payload` moved to storage back (checked by their SHA-256)."""
+    if isinstance(node, dict):
+        if set(node) == {OFFLOAD_MARK, "sha256"}:
+            data = shared.get(node[OFFLOAD_MARK])
+            if hashlib.sha256(data).hexdigest() != node["sha256"]:
+                raise StorageError(
+                    f"payload part {node[OFFLOAD_MARK]!r} in storage does not match its checksum"
+                )
+            return data.decode()
+        return {k: restore_payload(v, shared) for k, v in node.items()}
+    if isinstance(node, list):
+        return [restore_payload(v, shared) for v in node]
+    return node
+
+
+# --- the function's side -------------------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def billed_ms(start: float, end: float) -> int:
+    """Duration as Lambda bills it: rounded up to the millisecond, at least 1 ms."""
+    return max(1, math.ceil((end - start) * 1000))
+
+
+class FunctionGuard:
+    """Writes one function's status and heartbeats, and watches its abort key and deadline.
+
+    ``stop`` is called (from the watcher thread) when the client aborts the function or its time
+    is nearly up; on a real platform it ends the process (``os._exit``), which is how a function
+    stops at once whatever it is doing.
+    """
+
+    def __init__(
+        self,
+        shared: Storage,
+        keys: ControlKeys,
+        *,
+        attempt: str,
+        started_at: float,
+        memory_mb: int | None = None,
+        remaining_s: Callable[[], float] | None = None,
+        stop: Callable[[str], None] | None = None,
+        heartbeat_s: float = 10.0,
+        abort_poll_s: float = 1.0,
+    ) -> None:
+        self.shared, self.keys, self.attempt = shared, keys, attempt
+        self.started_at, self.memory_mb = started_at, memory_mb
+        self.remaining_s, self.stop = remaining_s, stop or _exit_now
+        self.heartbeat_s, self.abort_poll_s = heartbeat_s, abort_poll_s
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._final = False
+        self._thread: threading.Thread | None = None
+
+    def write(self, state: str, **extra: Any) -> None:
+        """Write the status record; once a final state is written, later writes are dropped."""
+        now = time.time()
+        record = {
+            "state": state,
+            "attempt": self.attempt,
+            "started_at": self.started_at,
+            "heartbeat_at": now,
+            "memory_mb": self.memory_mb,
+            "peak_mb": round(peak_rss_mb(), 1),
+            **extra,
+        }
+        if state in ("done", "failed", "cancelled"):
+            record["ended_at"] = now
+            record["billed_ms"] = billed_ms(self.started_at, now)
+        with self._lock:
+            if self._final:
+                return
+            self._final = state in ("done", "failed", "cancelled")
+            self.shared.put(self.keys.status, json.dumps(record).encode())
+
+    def start(self) -> None:
+        self.write("started")
+        self._thread = threading.Thread(target=self._watch, name="funcpipe-guard", daemon=True)
+        self._thread.start()
+
+    def finish(self, exc: BaseException | None) -> None:
+        """Record how the function ended (the traceback when it raised)."""
+        self._done.set()
+        if exc is None:
+            self.write("done")
+            return
+        reason = "memory" if isinstance(exc, MemoryError) else "error"
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self.write("failed", reason=reason, error=text[-20000:])
+
+    def _watch(self) -> None:
+        next_beat = time.monotonic() + self.heartbeat_s
+        while not self._done.wait(self.abort_poll_s):
+            try:
+                if self.shared.exists(self.keys.abort):
+                    self._end("cancelled", "cancelled", "the client aborted the function")
+                    return
+                if self.remaining_s is not None and self.remaining_s() < 2 * self.abort_poll_s:
+                    self._end("failed", "timeout", "the function ran out of time")
+                    return
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.heartbeat_s
+                    self.write("running")
+            except Exception as exc:  # storage hiccup: the next round tries again
+                print(f"funcpipe: control record update failed: {exc}", file=sys.stderr)
+
+    def _end(self, state: str, reason: str, message: str) -> None:
+        with contextlib.suppress(Exception):
+            self.write(state, reason=reason, error=message)
+        self._done.set()
+        self.stop(reason)
+
+
+def _exit_now(reason: str) -> None:
+    sys.stderr.write(f"funcpipe: stopping the function now ({reason})\n")
+    sys.stderr.flush()
+    os._exit(3)
+
+
+def read_status(shared: Storage, keys: ControlKeys) -> dict[str, Any] | None:
+    try:
+        return json.loads(shared.get(keys.status))
+    except KeyNotFound:
+        return None
+
+
+def attempt_id() -> str:
+    return base64.b32encode(uuid.uuid4().bytes).decode().rstrip("=").lower()
+
+
+def watch_abort(
+    shared: Storage,
+    key: str,
+    *,
+    poll_s: float = 1.0,
+    stop: Callable[[str], None] | None = None,
+) -> threading.Event:
+    """Poll ``key`` in a daemon thread and call ``stop`` once it appears; set the event to end."""
+    done = threading.Event()
+    stop = stop or _exit_now
+
+    def watch() -> None:
+        while not done.wait(poll_s):
+            try:
+                if shared.exists(key):
+                    stop("cancelled")
+                    return
+            except Exception as exc:  # storage hiccup: the next round tries again
+                print(f"funcpipe: abort key check failed: {exc}", file=sys.stderr)
+
+    threading.Thread(target=watch, name="funcpipe-abort", daemon=True).start()
+    return done

@@ -1,0 +1,168 @@
+"""Control records in storage: create-only claims, payloads that fit, the function's guard."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import pytest
+
+from funcpipe.errors import ConfigError
+from funcpipe.platforms import control
+from funcpipe.storage import MemoryStorage, open_storage
+
+
+@pytest.fixture(params=["local", "redis", "s3"])
+def root(request, tmp_path):
+    if request.param == "local":
+        store = open_storage(f"local://{tmp_path}/store")
+    elif request.param == "redis":
+        store = open_storage(request.getfixturevalue("redis_url"))
+    else:
+        store = open_storage(request.getfixturevalue("s3_server").new_bucket("pre/fix"))
+    yield store
+    store.close()
+
+
+def test_claim_is_create_only_on_every_shared_backend(root) -> None:
+    key = f"jobs/t-{uuid.uuid4().hex[:8]}/control/g0/s0r0/claim"
+    assert control.claim(root, key, b"first")
+    assert not control.claim(root, key, b"second")
+    assert root.get(key) == b"first"
+    root.delete(key)
+
+
+def test_concurrent_claims_have_exactly_one_winner(root) -> None:
+    key = f"jobs/t-{uuid.uuid4().hex[:8]}/control/g1/s2r3/claim"
+    wins: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def attempt(i: int) -> None:
+        barrier.wait()
+        if control.claim(root, key, str(i).encode()):
+            wins.append(i)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert root.get(key) == str(wins[0]).encode()
+    root.delete(key)
+
+
+def test_memory_storage_has_no_create_only_write() -> None:
+    with pytest.raises(ConfigError, match="create-only"):
+        control.claim(MemoryStorage(), "a/b", b"x")
+
+
+def _package(**code) -> dict:
+    return {"job_id": "j", "stage": 1, "replica": 0, "generation": 2, "code": code}
+
+
+def test_small_payload_travels_as_is(tmp_path) -> None:
+    shared = open_storage(f"local://{tmp_path}")
+    pkg = _package(loss={"pickle": "QUJD", "tensors": "x" * 100})
+    event = json.loads(control.fit_payload(pkg, shared, 10_000, what="f"))
+    assert event == {"funcpipe": 1, "package": pkg}
+    assert shared.list("") == []
+
+
+def test_big_data_goes_to_storage_and_comes_back(tmp_path) -> None:
+    shared = open_storage(f"local://{tmp_path}")
+    blob = "T" * 50_000
+    pkg = _package(layers={"pickle": "P" * 3000, "tensors": blob}, loss={"import": "a.b:c"})
+    body = control.fit_payload(pkg, shared, 8_000, what="f")
+    assert len(body) <= 8_000
+    event = json.loads(body)
+    # The pickled code stays inside the payload; only the data moved.
+    assert event["package"]["code"]["layers"]["pickle"] == "P" * 3000
+    moved = event["package"]["code"]["layers"]["tensors"]
+    assert set(moved) == {control.OFFLOAD_MARK, "sha256"}
+    assert control.restore_payload(event["package"], shared) == pkg
+
+
+def test_tampered_part_is_refused(tmp_path) -> None:
+    shared = open_storage(f"local://{tmp_path}")
+    pkg = _package(layers={"pickle": "P", "tensors": "T" * 50_000})
+    event = json.loads(control.fit_payload(pkg, shared, 4_000, what="f"))
+    key = event["package"]["code"]["layers"]["tensors"][control.OFFLOAD_MARK]
+    shared.put(key, b"other bytes")
+    with pytest.raises(Exception, match="checksum"):
+        control.restore_payload(event["package"], shared)
+
+
+def test_pickled_code_over_the_limit_names_size_and_fix(tmp_path) -> None:
+    shared = open_storage(f"local://{tmp_path}")
+    pkg = _package(layers={"pickle": "P" * 300_000})
+    with pytest.raises(ConfigError) as err:
+        control.fit_payload(pkg, shared, 256 * 1024, what="function 'stage1-replica0'")
+    text = str(err.value)
+    assert "stage1-replica0" in text and "262144 bytes" in text
+    assert "300000 bytes of it are pickled code" in text and "code_ref" in text
+    assert shared.list("") == [] or all(k.startswith("control/payload/") for k in shared.list(""))
+
+
+def test_guard_writes_heartbeats_then_done(tmp_path) -> None:
+    shared = open_storage(f"local://{tmp_path}")
+    keys = control.ControlKeys(0, 0, 1)
+    guard = control.FunctionGuard(
+        shared, keys, attempt="a1", started_at=time.time(), heartbeat_s=0.05, abort_poll_s=0.02
+    )
+    guard.start()
+    first = json.loads(shared.get(keys.status))
+    assert first["state"] == "started" and first["attempt"] == "a1"
+    time.sleep(0.3)
+    beat = json.loads(shared.get(keys.status))
+    assert beat["state"] == "running" and beat["heartbeat_at"] > first["heartbeat_at"]
+    guard.finish(None)
+    done = json.loads(shared.get(keys.status))
+    assert done["state"] == "done" and done["billed_ms"] >= 300
+    time.sleep(0.2)  # the watcher has stopped: nothing overwrites the final record
+    assert json.loads(shared.get(keys.status)) == done
+
+
+def test_guard_records_the_traceback_of_a_failure(tmp_path) -> None:
+    shared = open_storage(f"local://{tmp_path}")
+    keys = control.ControlKeys(0, 2, 0)
+    guard = control.FunctionGuard(shared, keys, attempt="a", started_at=time.time())
+    guard.start()
+    try:
+        raise ValueError("bad layer shapes")
+    except ValueError as exc:
+        guard.finish(exc)
+    rec = json.loads(shared.get(keys.status))
+    assert rec["state"] == "failed" and rec["reason"] == "error"
+    assert "Traceback" in rec["error"] and "ValueError: bad layer shapes" in rec["error"]
+
+
+@pytest.mark.parametrize("why", ["abort", "deadline"])
+def test_guard_stops_the_function_on_abort_or_deadline(tmp_path, why) -> None:
+    shared = open_storage(f"local://{tmp_path}")
+    keys = control.ControlKeys(0, 0, 0)
+    stopped = threading.Event()
+    reasons: list[str] = []
+    end = time.monotonic() + (30 if why == "abort" else 0.3)
+    guard = control.FunctionGuard(
+        shared,
+        keys,
+        attempt="a",
+        started_at=time.time(),
+        remaining_s=lambda: end - time.monotonic(),
+        stop=lambda reason: (reasons.append(reason), stopped.set()),
+        abort_poll_s=0.02,
+    )
+    guard.start()
+    if why == "abort":
+        shared.put(keys.abort, b"{}")
+    assert stopped.wait(5)
+    rec = json.loads(shared.get(keys.status))
+    if why == "abort":
+        assert reasons == ["cancelled"] and rec["state"] == "cancelled"
+    else:
+        assert reasons == ["timeout"] and (rec["state"], rec["reason"]) == ("failed", "timeout")
+    guard.finish(RuntimeError("interrupted"))  # what the stopped function raises: ignored
+    assert json.loads(shared.get(keys.status))["state"] == rec["state"]

@@ -70,7 +70,8 @@ class AwsLambdaPlatform(Platform):
     ``client`` is a boto3 Lambda client (default: one from the standard provider chain, in
     ``region``). ``poll_s`` bounds how often a function's status record is read; a function that
     has not started after ``start_timeout_s`` or has sent no heartbeat for
-    ``heartbeat_timeout_s`` is reported failed.
+    ``heartbeat_timeout_s`` is reported failed. Storage on this machine is refused (a Lambda
+    cannot reach it) unless ``local_storage_ok`` (tests running the handler here).
     """
 
     limits: PlatformLimits = AWS_LAMBDA_PROFILE.limits
@@ -88,6 +89,7 @@ class AwsLambdaPlatform(Platform):
         heartbeat_s: float = 10.0,
         heartbeat_timeout_s: float = 60.0,
         abort_poll_s: float = 1.0,
+        local_storage_ok: bool = False,
     ) -> None:
         if heartbeat_timeout_s <= heartbeat_s:
             raise ConfigError(
@@ -99,6 +101,7 @@ class AwsLambdaPlatform(Platform):
         self.poll_s, self.start_timeout_s = poll_s, start_timeout_s
         self.heartbeat_s, self.heartbeat_timeout_s = heartbeat_s, heartbeat_timeout_s
         self.abort_poll_s = abort_poll_s
+        self.local_storage_ok = local_storage_ok  # for running the handler on this machine
         self._client_obj = client
         self._lock = threading.RLock()
         self._runs: dict[int, _Run] = {}
@@ -180,6 +183,8 @@ class AwsLambdaPlatform(Platform):
             raise ConfigError(
                 f"function {spec.name!r}: the payload is not a FuncPipe function package ({exc})"
             ) from exc
+        if not self.local_storage_ok:
+            control.check_reachable(url, "AWS Lambda")
         name = function_name(self.function_base, spec.memory_mb)
         self._check_function(name, spec)
         shared = self._storage(url, job_id)

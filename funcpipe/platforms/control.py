@@ -88,6 +88,18 @@ class ControlKeys:
         )
 
 
+def check_reachable(storage_url: str, platform: str) -> None:
+    """Refuse storage that lives on the client's machine: remote functions cannot reach it."""
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(storage_url).scheme
+    if scheme in ("", "local", "memory", "file"):
+        raise ConfigError(
+            f"storage {storage_url!r} is on this machine, which functions on {platform} cannot "
+            "reach; use a bucket they share with the client, e.g. storage='s3://bucket/prefix'"
+        )
+
+
 def job_storage(storage_url: str, job_id: str) -> tuple[Storage, PrefixedStorage]:
     """(the backend itself, the job's view of it); close the first when done."""
     from funcpipe.runtime import keys

@@ -37,6 +37,8 @@ from typing import Any  # noqa: E402
 __all__ = ["LocalContext", "handle", "handler"]
 
 _cold = True
+#: Lambda's init phase (importing this module in a fresh container) lasts at most 10 s.
+MAX_INIT_S = 10.0
 
 
 class LocalContext:
@@ -71,7 +73,7 @@ def handle(
     """
     global _cold
     entered = time.time()
-    started_at = _LOADED_AT if _cold else entered
+    started_at = _LOADED_AT if _cold and entered - _LOADED_AT <= MAX_INIT_S else entered
     _cold = False
     from funcpipe.errors import ConfigError
     from funcpipe.platforms import control

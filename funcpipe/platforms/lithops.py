@@ -218,6 +218,8 @@ class LithopsPlatform(Platform):
             raise ConfigError(
                 f"function {spec.name!r}: the payload is not a FuncPipe function package ({exc})"
             ) from exc
+        if self.backend != "localhost":
+            control.check_reachable(url, f"Lithops' {self.backend} backend")
         with self._lock:
             active = sum(1 for r in self._runs.values() if self._state(r).status is Status.RUNNING)
             ex = self._ensure_executor(needed, active)

@@ -142,7 +142,7 @@ def _record(tmp_path, state, stage=0, replica=0, **fields) -> None:
 
 def test_start_needs_the_function_of_that_memory_size(aws, tmp_path) -> None:
     _deployed(aws, memory=1024, timeout=300)
-    plat = AwsLambdaPlatform("fp", poll_s=0)
+    plat = AwsLambdaPlatform("fp", local_storage_ok=True, poll_s=0)
     with pytest.raises(ConfigError, match="'fp-2048mb', which does not exist; run `funcpipe dep"):
         plat.start(FunctionSpec("stage0-replica0", 2048, 60), _payload(tmp_path))
     with pytest.raises(ConfigError, match="times out after 300 s"):
@@ -156,7 +156,7 @@ def test_every_function_is_one_asynchronous_invocation(aws, tmp_path) -> None:
     lam.meta.events.register(
         "provide-client-params.lambda.Invoke", lambda params, **_: calls.append(dict(params))
     )
-    plat = AwsLambdaPlatform("fp", client=lam, poll_s=0)
+    plat = AwsLambdaPlatform("fp", client=lam, local_storage_ok=True, poll_s=0)
     inv = plat.start(FunctionSpec("stage0-replica1", 1024, 60), _payload(tmp_path, replica=1))
     assert [(c["FunctionName"], c["InvocationType"]) for c in calls] == [("fp-1024mb", "Event")]
     event = json.loads(calls[0]["Payload"])
@@ -172,7 +172,9 @@ def test_every_function_is_one_asynchronous_invocation(aws, tmp_path) -> None:
 
 def test_failures_come_from_the_records(aws, tmp_path) -> None:
     _deployed(aws)
-    plat = AwsLambdaPlatform("fp", poll_s=0, heartbeat_s=0.1, heartbeat_timeout_s=0.5)
+    plat = AwsLambdaPlatform(
+        "fp", local_storage_ok=True, poll_s=0, heartbeat_s=0.1, heartbeat_timeout_s=0.5
+    )
     spec = FunctionSpec("stage0-replica0", 1024, 60)
 
     inv = plat.start(spec, _payload(tmp_path, generation=0))
@@ -190,7 +192,9 @@ def test_failures_come_from_the_records(aws, tmp_path) -> None:
 
 def test_silence_near_the_cap_is_reported_as_memory(aws, tmp_path) -> None:
     _deployed(aws)
-    plat = AwsLambdaPlatform("fp", poll_s=0, heartbeat_s=0.1, heartbeat_timeout_s=0.5)
+    plat = AwsLambdaPlatform(
+        "fp", local_storage_ok=True, poll_s=0, heartbeat_s=0.1, heartbeat_timeout_s=0.5
+    )
     inv = plat.start(FunctionSpec("stage0-replica0", 1024, 60), _payload(tmp_path))
     _record(tmp_path, "running", heartbeat_at=time.time() - 5, peak_mb=1010.0)
     st = plat.state(inv)
@@ -200,13 +204,13 @@ def test_silence_near_the_cap_is_reported_as_memory(aws, tmp_path) -> None:
 
 def test_timeouts_never_started_and_ran_too_long(aws, tmp_path) -> None:
     _deployed(aws)
-    plat = AwsLambdaPlatform("fp", poll_s=0, start_timeout_s=0.2)
+    plat = AwsLambdaPlatform("fp", local_storage_ok=True, poll_s=0, start_timeout_s=0.2)
     inv = plat.start(FunctionSpec("stage0-replica0", 1024, 1), _payload(tmp_path))
     assert plat.state(inv).status is Status.RUNNING
     st = plat.join(inv, 5)
     assert (st.status, st.reason) == (Status.FAILED, "crash") and "did not start" in st.message
 
-    plat = AwsLambdaPlatform("fp", poll_s=0)
+    plat = AwsLambdaPlatform("fp", local_storage_ok=True, poll_s=0)
     inv = plat.start(FunctionSpec("stage0-replica1", 1024, 1), _payload(tmp_path, replica=1))
     _record(tmp_path, "running", replica=1, started_at=time.time() - 40)
     st = plat.state(inv)
@@ -216,7 +220,7 @@ def test_timeouts_never_started_and_ran_too_long(aws, tmp_path) -> None:
 
 def test_cancel_writes_the_abort_key(aws, tmp_path) -> None:
     _deployed(aws)
-    plat = AwsLambdaPlatform("fp", poll_s=0)
+    plat = AwsLambdaPlatform("fp", local_storage_ok=True, poll_s=0)
     inv = plat.start(FunctionSpec("stage0-replica0", 1024, 60), _payload(tmp_path))
     plat.cancel(inv)
     plat.cancel(inv)  # twice: nothing more
@@ -231,14 +235,14 @@ def test_cancel_writes_the_abort_key(aws, tmp_path) -> None:
 def test_a_claimed_generation_is_not_invoked_again(aws, tmp_path) -> None:
     _deployed(aws)
     _shared(tmp_path).put(control.ControlKeys(3, 0, 0).claim, b"{}")
-    plat = AwsLambdaPlatform("fp", poll_s=0)
+    plat = AwsLambdaPlatform("fp", local_storage_ok=True, poll_s=0)
     with pytest.raises(ConfigError, match="already ran in job 'job1'; a relaunch needs a new"):
         plat.start(FunctionSpec("stage0-replica0", 1024, 60), _payload(tmp_path, generation=3))
 
 
 def test_payload_over_the_limit(aws, tmp_path) -> None:
     _deployed(aws)
-    plat = AwsLambdaPlatform("fp", poll_s=0)
+    plat = AwsLambdaPlatform("fp", local_storage_ok=True, poll_s=0)
     big_data = {"layers": {"pickle": "UA==", "tensors": "A" * 400_000}}
     inv = plat.start(FunctionSpec("stage0-replica0", 1024, 60), _payload(tmp_path, code=big_data))
     assert inv.name == "stage0-replica0"  # the tensors went to storage
@@ -248,3 +252,10 @@ def test_payload_over_the_limit(aws, tmp_path) -> None:
         plat.start(
             FunctionSpec("stage0-replica1", 1024, 60), _payload(tmp_path, replica=1, code=big_code)
         )
+
+
+def test_storage_on_this_machine_is_refused(aws, tmp_path) -> None:
+    _deployed(aws)
+    plat = AwsLambdaPlatform("fp", poll_s=0)
+    with pytest.raises(ConfigError, match="on this machine, which functions on AWS Lambda cannot"):
+        plat.start(FunctionSpec("stage0-replica0", 1024, 60), _payload(tmp_path))

@@ -9,9 +9,12 @@ a forked child does not share the parent's connections.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
@@ -82,6 +85,17 @@ class S3Options:
     read_timeout_s: float = 60.0
     max_attempts: int = 8
     poll_max_s: float = 0.05
+    #: Objects larger than two parts move as parts of this size on ``parallel_parts`` threads.
+    part_mb: float = 8.0
+    #: None: 8 on AWS (S3 serves each connection at a limited rate, parts in parallel add up),
+    #: 1 (one request per object) on other servers, where it measured slower (docs/benchmarks.md).
+    parallel_parts: int | None = None
+
+    @property
+    def threads(self) -> int:
+        if self.parallel_parts is not None:
+            return self.parallel_parts
+        return 1 if self.endpoint_url else 8
 
     def describe(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -103,6 +117,8 @@ class S3Storage(Storage):
         self._pid: int | None = None
         self._client_obj: Any = None
         self._client_lock = threading.Lock()
+        self._pool_obj: ThreadPoolExecutor | None = None
+        self._pool_pid: int | None = None
         self._check_bucket()
 
     def configure_requests(
@@ -179,6 +195,8 @@ class S3Storage(Storage):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code == "NoSuchBucket":
                 raise self._no_bucket_error() from exc
+            if code == "PreconditionFailed":
+                raise _Changed(key) from exc
             if code in _MISSING_KEY:
                 raise KeyNotFound(self._not_found(key)) from exc
             if code in _DENIED and fn_name in ("get_object", "head_object"):
@@ -244,17 +262,105 @@ class S3Storage(Storage):
     def _key(self, key: str) -> str:
         return self._root + validate_key(key)
 
+    @property
+    def _part(self) -> int:
+        """Bytes per ranged GET (at least 1 MiB)."""
+        return max(1 << 20, int(self.options.part_mb * (1 << 20)))
+
+    @property
+    def _upload_part(self) -> int:
+        """Bytes per uploaded part: S3 refuses parts under 5 MiB (but the last)."""
+        return max(5 << 20, self._part)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """This process's part threads (made after a fork, like the client)."""
+        pid = os.getpid()
+        with self._client_lock:
+            if self._pool_obj is None or self._pool_pid != pid:
+                self._pool_obj = ThreadPoolExecutor(self.options.threads, "funcpipe-s3-part")
+                self._pool_pid = pid
+        return self._pool_obj
+
     def put(self, key: str, data: bytes) -> None:
-        body = data if isinstance(data, bytes) else bytes(data)
+        view = memoryview(data).cast("B")
+        if self.options.threads > 1 and view.nbytes > 2 * self._upload_part:
+            self._put_parts(key, view)
+            return
+        body = data if isinstance(data, bytes) else view.tobytes()
         self._call(
             "PUT", key, "put_object", Bucket=self.options.bucket, Key=self._key(key), Body=body
         )
 
+    def _put_parts(self, key: str, view: memoryview) -> None:
+        """Multipart upload, parts in parallel; the object appears whole at the completion."""
+        where = {"Bucket": self.options.bucket, "Key": self._key(key)}
+        upload = self._call("PUT", key, "create_multipart_upload", **where)["UploadId"]
+        part = self._upload_part
+
+        def send(i: int) -> dict[str, Any]:
+            body = view[i * part : (i + 1) * part].tobytes()
+            resp = self._call(
+                "PUT", key, "upload_part", UploadId=upload, PartNumber=i + 1, Body=body, **where
+            )
+            return {"PartNumber": i + 1, "ETag": resp["ETag"]}
+
+        try:
+            parts = list(self._pool().map(send, range(-(-view.nbytes // part))))
+            self._call(
+                "PUT", key, "complete_multipart_upload", UploadId=upload,
+                MultipartUpload={"Parts": parts}, **where,
+            )  # fmt: skip
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: a lifecycle rule catches the rest
+                self._client.abort_multipart_upload(UploadId=upload, **where)
+            raise
+
     def get(self, key: str) -> bytes:
+        if self.options.threads > 1:
+            return self._get_parts(key)
         return self._call(
             "GET", key, "get_object", then=_read_body, Bucket=self.options.bucket,
             Key=self._key(key),
         )  # fmt: skip
+
+    def _get_parts(self, key: str) -> bytes:
+        """Ranged GETs in parallel: the first tells the size and version (ETag), the rest
+        require that same version (If-Match), so a rewrite in between restarts the read instead
+        of mixing two versions. An object rewritten under every try is read in one GET."""
+        where = {"Bucket": self.options.bucket, "Key": self._key(key)}
+        part = self._part
+        for _ in range(2):
+            try:
+                head, total, etag = self._call(
+                    "GET", key, "get_object", then=_read_ranged, Range=f"bytes=0-{part - 1}",
+                    **where,
+                )  # fmt: skip
+            except StorageError as exc:
+                cause = exc.__cause__
+                if isinstance(cause, ClientError) and "InvalidRange" in str(cause):
+                    break  # an empty object has no byte 0 to range over
+                raise
+            if total <= len(head):
+                return head
+            buf = bytearray(total)
+            buf[: len(head)] = head
+            fetch = functools.partial(self._fetch_range, key, where, etag, buf, part)
+            try:
+                list(self._pool().map(fetch, range(len(head), total, part)))
+            except _Changed:
+                continue  # rewritten while we read: read the new version
+            return bytes(buf)
+        return self._call("GET", key, "get_object", then=_read_body, **where)
+
+    def _fetch_range(
+        self, key: str, where: dict[str, str], etag: str, buf: bytearray, part: int, offset: int
+    ) -> None:
+        end = min(len(buf), offset + part) - 1
+        chunk = self._call(
+            "GET", key, "get_object", then=_read_body, Range=f"bytes={offset}-{end}",
+            IfMatch=etag, **where,
+        )  # fmt: skip
+        buf[offset : offset + len(chunk)] = chunk
 
     def exists(self, key: str) -> bool:
         try:
@@ -308,14 +414,28 @@ class S3Storage(Storage):
         return len(keys)
 
     def close(self) -> None:
+        if self._pool_obj is not None and self._pool_pid == os.getpid():
+            self._pool_obj.shutdown(wait=False)
+        self._pool_obj = None
         if self._client_obj is not None and self._pid == os.getpid():
             self._client_obj.close()
         self._client_obj = None
 
 
+class _Changed(StorageError):
+    """The object was rewritten between two ranged GETs of one read."""
+
+
 def _read_body(resp: dict[str, Any]) -> bytes:
     with resp["Body"] as body:
         return body.read()
+
+
+def _read_ranged(resp: dict[str, Any]) -> tuple[bytes, int, str]:
+    """Body, total object size (from Content-Range) and ETag of a ranged GET."""
+    data = _read_body(resp)
+    total = int(str(resp.get("ContentRange", "")).rpartition("/")[2] or len(data))
+    return data, total, resp["ETag"]
 
 
 def _no_credentials_error(where: str) -> ConfigError:
@@ -341,6 +461,8 @@ _NUMBERS = {
     "read_timeout_s": float,
     "max_attempts": int,
     "poll_max_s": float,
+    "part_mb": float,
+    "parallel_parts": int,
 }
 
 
@@ -350,7 +472,8 @@ def from_url(url: str, **options: object) -> S3Storage:
     Keyword options take the same names as the query (they win over it). Other options:
     addressing_style ('path' or 'virtual'), max_pool_connections, connect_timeout_s,
     read_timeout_s (each attempt's, capped by the request deadline), max_attempts (per request,
-    FuncPipe's retries), poll_max_s (longest pause between two polls of a wait).
+    FuncPipe's retries), poll_max_s (longest pause between two polls of a wait), part_mb and
+    parallel_parts (objects above two parts move as parallel parts; 1 = never).
     """
     parsed = urlparse(url)
     if parsed.scheme != "s3":

@@ -78,6 +78,14 @@ def _s3_faults(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stora
     yield open_storage(f"{request.getfixturevalue('s3_server').new_bucket('contract')}&{FAULTS}")
 
 
+def _s3_parts(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Storage]:
+    """S3 reading objects above 2 MiB as parallel 1 MiB ranges (the 4 MB atomicity test)."""
+    from funcpipe.storage import open_storage
+
+    url = request.getfixturevalue("s3_server").new_bucket("contract")
+    yield open_storage(f"{url}&part_mb=1&parallel_parts=4")
+
+
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], Iterator[Storage]]] = {
     "local": _local,
     "memory": _memory,
@@ -88,6 +96,7 @@ BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], Iterator[Storage]]] 
     "local+faults": _local_faults,
     "redis+faults": _redis_faults,
     "s3+faults": _s3_faults,
+    "s3+parts": _s3_parts,
 }
 
 

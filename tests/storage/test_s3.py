@@ -193,3 +193,27 @@ def test_put_is_one_request_and_large_objects_round_trip(store: S3Storage) -> No
     store.put("big", memoryview(data))
     assert ops == ["PutObject"]
     assert store.get("big") == data
+
+
+def test_large_objects_move_in_parallel_parts_when_asked(url: str) -> None:
+    store = open_storage(f"{url}&part_mb=5&parallel_parts=3")
+    ops = record_operations(store)
+    data = bytes(range(256)) * 50_000  # 12.8 MB: three upload parts of >= 5 MiB
+    store.put("big", memoryview(data))
+    assert ops.count("UploadPart") == 3 and ops.count("CompleteMultipartUpload") == 1
+    assert "PutObject" not in ops
+    ops.clear()
+    assert store.get("big") == data
+    assert ops == ["GetObject"] * 3  # ranges of 5 MiB: the first says the size
+    store.put("empty", b"")
+    store.put("small", b"abc")
+    assert (store.get("empty"), store.get("small")) == (b"", b"abc")
+    store.close()
+
+
+def test_on_aws_parts_are_parallel_by_default_elsewhere_single(url: str) -> None:
+    from funcpipe.storage.s3 import S3Options
+
+    assert S3Options(bucket="b").threads == 8
+    assert S3Options(bucket="b", endpoint_url="http://127.0.0.1:9000").threads == 1
+    assert open_storage(url).options.threads == 1

@@ -360,3 +360,33 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@cli.group("data")
+def data_group() -> None:
+    """Data sets in storage, read by the functions themselves."""
+
+
+@data_group.command("upload")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--storage", default="local", show_default=True, help="storage URL to upload to")
+@click.option("--name", required=True, help="data set name: its keys go under datasets/NAME/")
+@click.option(
+    "--shard-samples", default=256, show_default=True, type=click.IntRange(min=1),
+    help="samples per shard (a function reads the one or two shards holding its micro-batch)",
+)  # fmt: skip
+@click.option("--shuffle-seed", type=int, default=None, help="shuffle the samples once, seeded")
+def data_upload_cmd(
+    source: Path, storage: str, name: str, shard_samples: int, shuffle_seed: int | None
+) -> None:
+    """Put SOURCE (a CIFAR-10 binary directory, or a .safetensors file with 'inputs' and
+    'targets') into storage once, and print its data ref as JSON."""
+    from funcpipe.data.stored import upload_dataset
+
+    try:
+        ref = upload_dataset(
+            storage, name, source, shard_samples=shard_samples, shuffle_seed=shuffle_seed
+        )
+    except FuncPipeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(ref))

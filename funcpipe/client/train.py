@@ -159,7 +159,7 @@ def train(
     link = link or LinkConfig()
     _warm_up(optimizer)
 
-    root = open_storage(storage)
+    root = open_storage(storage, deadline_s=timeout_s)  # bounds every request, retries too
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(root.close)
         if not root.shared_across_processes:

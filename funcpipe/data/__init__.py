@@ -8,6 +8,7 @@ from funcpipe.data.batches import Batches
 from funcpipe.data.cifar10 import Cifar10
 from funcpipe.data.masking import IGNORE_INDEX, SPECIAL, SpecialTokens, mask_tokens
 from funcpipe.data.source import DataSource, LocalDir, StorageDir, as_source
+from funcpipe.data.stored import read_micro_batch, stored_batches, upload_dataset
 from funcpipe.data.synthetic import write_synthetic_cifar10, write_synthetic_wikitext2
 from funcpipe.data.wikitext import WikiText2, load_tokenizer, train_wordpiece
 
@@ -24,7 +25,10 @@ __all__ = [
     "as_source",
     "load_tokenizer",
     "mask_tokens",
+    "read_micro_batch",
+    "stored_batches",
     "train_wordpiece",
+    "upload_dataset",
     "write_synthetic_cifar10",
     "write_synthetic_wikitext2",
 ]

@@ -51,7 +51,7 @@ def run_worker(
     plan = Plan.from_json(cfg.plan_json)
     s = cfg.stage
     with contextlib.ExitStack() as stack:
-        inner = open_storage(cfg.storage_url)
+        inner = open_storage(cfg.storage_url, deadline_s=cfg.timeout_s)
         stack.callback(inner.close)  # the wrappers below do not close what they wrap
         link = ThrottledStorage(inner, cfg.link)
         storage = PrefixedStorage(link, keys.job_prefix(cfg.job_id))

@@ -49,12 +49,15 @@ class LocalDirStorage(Storage):
         tmp = path.with_name(f"{path.name[:-1]}#{uuid.uuid4().hex}.tmp")
         for _ in range(50):  # a concurrent delete/prune may remove the directory under us
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(tmp, "wb") as f:
+                with open(tmp, "wb") as f:  # the folder usually exists: no mkdir per put
                     f.write(memoryview(data))
                 os.replace(tmp, path)
                 return
-            except (FileNotFoundError, FileExistsError):
+            except FileNotFoundError:
+                with contextlib.suppress(FileNotFoundError, FileExistsError):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                continue
+            except FileExistsError:
                 continue
             except OSError as exc:
                 tmp.unlink(missing_ok=True)

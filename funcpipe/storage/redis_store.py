@@ -45,6 +45,8 @@ class RedisStorage(Storage):
         def attempt():
             try:
                 return fn(*args)
+            except (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError):
+                raise  # a wrong or missing password does not heal by retrying
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 raise Transient(f"{type(exc).__name__}: {exc}") from exc
 
@@ -57,8 +59,14 @@ class RedisStorage(Storage):
                 )
             raise
         except redis.RedisError as exc:
+            hint = ""
+            if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in str(exc):
+                hint = (
+                    "; set the password in FUNCPIPE_REDIS_PASSWORD (or REDIS_PASSWORD) in the "
+                    "environment of the client and the functions"
+                )
             raise StorageError(
-                f"redis {what} of {key!r} on {self.description} failed: {exc}"
+                f"redis {what} of {key!r} on {self.description} failed: {exc}{hint}"
             ) from exc
 
     def configure_requests(

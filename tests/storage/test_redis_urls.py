@@ -71,3 +71,28 @@ def test_no_server_says_to_start_one() -> None:
     store = from_url(f"redis://127.0.0.1:{port}/0")
     with pytest.raises(StorageError, match="is a Redis server running there"):
         store.exists("a")
+
+
+def test_password_from_the_environment_never_shown(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from servers import start_redis, stop
+
+    proc, url = start_redis(tmp_path, "--requirepass", SECRET)
+    try:
+        monkeypatch.delenv("FUNCPIPE_REDIS_PASSWORD", raising=False)
+        monkeypatch.delenv("REDIS_PASSWORD", raising=False)
+        start = time.monotonic()
+        with pytest.raises(StorageError, match="FUNCPIPE_REDIS_PASSWORD") as err:
+            open_storage(url).put("k", b"v")
+        assert time.monotonic() - start < 2  # not retried for the whole deadline
+        assert SECRET not in str(err.value)
+        for name in ("REDIS_PASSWORD", "FUNCPIPE_REDIS_PASSWORD"):  # the second one wins
+            monkeypatch.setenv(name, SECRET if name.startswith("FUNCPIPE") else "wrong")
+        store = open_storage(url)
+        store.put("k", b"v")
+        assert store.get("k") == b"v"
+        assert SECRET not in repr(store) and url in repr(store)
+        store.close()
+    finally:
+        stop(proc)

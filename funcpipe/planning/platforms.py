@@ -40,6 +40,7 @@ __all__ = [
     "ALIBABA_FC",
     "AWS_LAMBDA",
     "AWS_LAMBDA_ARM64",
+    "background_tasks",
     "LinkProfile",
     "PlatformProfile",
     "Prices",
@@ -96,7 +97,8 @@ class PlatformProfile:
     ``memory_choices_mb`` are the sizes a planner considers (a grid inside the platform's range,
     including the sizes where the CPU share reaches a whole core); ``min/max/step`` are what the
     platform accepts. ``host_cores`` is set for platforms whose functions share one machine (the
-    local emulator): their compute slows down when the CPU shares of busy functions exceed it.
+    local emulator): their compute slows down when the CPU shares of busy functions exceed it,
+    and ``background_tasks`` counts other programs' busy threads sharing those cores.
     ``runtime_base_mb`` = None means "measure it" (see :func:`measured_runtime`).
     """
 
@@ -111,7 +113,8 @@ class PlatformProfile:
     link: LinkProfile
     prices: Prices
     min_cpus: float = 0.1
-    host_cores: int | None = None
+    host_cores: float | None = None
+    background_tasks: float = 0.0  # other programs' busy threads competing for host_cores
     startup_s: float | None = None  # a function's start (cold start + imports); None = measure
     runtime_base_mb_value: float | None = None
     description: str = ""
@@ -119,8 +122,7 @@ class PlatformProfile:
     def cpus(self, memory_mb: float) -> float:
         """CPU cores a function of ``memory_mb`` gets (proportional to memory, clamped)."""
         share = memory_mb / 1024 * self.cpu_per_gb
-        top = self.max_cpus if self.host_cores is None else min(self.max_cpus, self.host_cores)
-        return min(max(share, self.min_cpus), top)
+        return min(max(share, self.min_cpus), self.max_cpus)
 
     @property
     def runtime_base_mb(self) -> float:
@@ -232,28 +234,52 @@ ALIBABA_FC = PlatformProfile(
 )
 
 
-def local_platform(link: object | None = None, *, host_cores: int | None = None) -> PlatformProfile:
+def local_platform(
+    link: object | None = None,
+    *,
+    host_cores: float | None = None,
+    background_tasks: float = 0.0,
+) -> PlatformProfile:
     """The emulator as ``train(platform="local")`` runs it (``link`` = its LinkConfig).
 
     Functions are processes sharing this host's cores (``os.sched_getaffinity``), each with a CPU
     quota of Lambda's share for its memory; the link defaults to ``LinkConfig()``; the runtime
-    base and start-up time are measured on this host.
+    base and start-up time are measured on this host. On a shared host, ``host_cores`` may be
+    the cores a job actually gets (fewer than the host has), or ``background_tasks`` the busy
+    threads of other programs competing for them (see :func:`background_tasks`).
     """
     from funcpipe.platforms.local import LAMBDA_CPU_PER_GB as LOCAL_CPU_PER_GB
     from funcpipe.platforms.local import MIN_CPU_SHARE
     from funcpipe.storage.throttle import LinkConfig
 
-    cores = host_cores or len(os.sched_getaffinity(0))
+    host = len(os.sched_getaffinity(0))
+    cores = host_cores or host
     return AWS_LAMBDA.replace(
         name="local",
         description="local emulator (priced as AWS Lambda + S3)",
         cpu_per_gb=LOCAL_CPU_PER_GB,
         min_cpus=MIN_CPU_SHARE,
-        max_cpus=float(cores),
+        max_cpus=float(host),  # a function's quota is clamped to the host's cores
         host_cores=cores,
+        background_tasks=background_tasks,
         link=LinkProfile.from_link_config(link if link is not None else LinkConfig()),
         startup_s=None,
     )
+
+
+def background_tasks(seconds: float = 0.5) -> float:
+    """Busy threads of other programs on this host, estimated from the share of a core that one
+    spinning thread gets: on ``n`` cores shared fairly, it gets ``n / (others + 1)``."""
+    cores = len(os.sched_getaffinity(0))
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
+    x = 0
+    while time.perf_counter() - wall0 < seconds:
+        for _ in range(1000):
+            x += 1
+    share = (time.thread_time() - cpu0) / (time.perf_counter() - wall0)
+    if share >= 0.98:
+        return 0.0
+    return max(0.0, cores / max(share, 1e-3) - 1)
 
 
 _NAMED = {p.name: p for p in (AWS_LAMBDA, AWS_LAMBDA_ARM64, ALIBABA_FC)}

@@ -275,14 +275,34 @@ class _SavedCounter:
         return t
 
 
-def _best_time(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, Any]:
+def _clock(threads: int) -> Callable[[], float]:
+    """A clock other load on the host does not inflate: the calling thread's CPU time when torch
+    runs on it alone; with a pool of k threads, the process's CPU time / k (the pool's threads
+    spin while they wait, so on an idle host this is close to wall time)."""
+    if threads == 1:
+        return time.thread_time
+    return lambda: time.process_time() / threads
+
+
+def _best_time(
+    fn: Callable[[], Any], repeats: int, warmup: int, clock: Callable[[], float]
+) -> tuple[float, Any]:
     times, result = [], None
     for i in range(warmup + repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         result = fn()
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
     return min(times), result
+
+
+def _consistent(by_threads: dict[int, float]) -> None:
+    """Keep the time at k threads between perfect speed-up and none over one thread's."""
+    if 1 not in by_threads:
+        return
+    one = by_threads[1]
+    for k, t in by_threads.items():
+        by_threads[k] = min(max(t, one / k), one)
 
 
 def _default_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -360,6 +380,7 @@ def profile(
             tgt_table[mb] = len(codec.encode(y_mb, {"weight": "0.5"})) if y_mb is not None else 0
             for k in counts:
                 torch.set_num_threads(k)
+                clock = _clock(k)
                 x = x_mb
                 for i, layer in enumerate(model):
                     last = i == n - 1
@@ -368,13 +389,17 @@ def profile(
                     def run_fwd(layer: nn.Module = layer, xin: Any = xin) -> Any:
                         return layer(xin)
 
-                    t_f, out = _best_time(run_fwd, repeats, warmup)
+                    t_f, out = _best_time(run_fwd, repeats, warmup, clock)
 
                     def run_bwd(
-                        layer: nn.Module = layer, xin: Any = xin, last: bool = last, y: Any = y_mb
+                        layer: nn.Module = layer,
+                        xin: Any = xin,
+                        last: bool = last,
+                        y: Any = y_mb,
+                        clock: Callable[[], float] = clock,
                     ) -> None:
                         result = layer(xin)
-                        t0 = time.perf_counter()
+                        t0 = clock()
                         if last and loss_fn is not None:
                             loss = loss_fn(result, y)
                             if loss.requires_grad:
@@ -383,7 +408,7 @@ def profile(
                             outs, grads = _grad_like(result)
                             if outs:
                                 torch.autograd.backward(outs, grads)
-                        run_bwd.elapsed = time.perf_counter() - t0  # type: ignore[attr-defined]
+                        run_bwd.elapsed = clock() - t0  # type: ignore[attr-defined]
 
                     times = []
                     for r in range(warmup + repeats):
@@ -403,6 +428,9 @@ def profile(
                         # with the output during backward
                         temp[i][mb] = _nbytes(out) + (_nbytes(x) if i > 0 else 0)
                     x = _detached(out, grad=False)
+        for tables in (*fwd, *bwd):
+            for by_threads in tables.values():
+                _consistent(by_threads)
         layers = []
         for i, layer in enumerate(model):
             params = [p for p in layer.parameters() if p.requires_grad]
@@ -415,7 +443,7 @@ def profile(
                     p.grad = torch.zeros_like(p)
                 for k in counts:
                     torch.set_num_threads(k)
-                    step[k], _ = _best_time(opt.step, repeats, warmup)
+                    step[k], _ = _best_time(opt.step, repeats, warmup, _clock(k))
                 opt_bytes = sum(
                     v.numel() * v.element_size()
                     for state in opt.state.values()
@@ -423,6 +451,7 @@ def profile(
                     if isinstance(v, torch.Tensor) and v.dim() > 0
                 )
                 layer.zero_grad(set_to_none=True)
+                _consistent(step)
             layers.append(
                 LayerProfile(
                     name=f"{i}:{type(layer).__name__}",

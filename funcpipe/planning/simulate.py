@@ -305,8 +305,8 @@ class _Cpu:
     """Compute jobs progress at full speed unless the host's cores are oversubscribed; then the
     cores are shared max-min fairly among busy functions, each capped at its own demand."""
 
-    def __init__(self, kernel: _Kernel, cores: float | None) -> None:
-        self.kernel, self.cores = kernel, cores
+    def __init__(self, kernel: _Kernel, cores: float | None, background: float = 0.0) -> None:
+        self.kernel, self.cores, self.background = kernel, cores, background
         self.jobs: dict[int, list[Any]] = {}  # id -> [remaining work, demand, event, rate]
         self.last = 0.0
         self.version = 0
@@ -329,17 +329,23 @@ class _Cpu:
         self.last = self.kernel.now
 
     def _rates(self) -> None:
-        if self.cores is None or sum(j[1] for j in self.jobs.values()) <= self.cores + 1e-9:
-            for j in self.jobs.values():
+        jobs = list(self.jobs.values())
+        if self.cores is None or sum(j[1] for j in jobs) + self.background <= self.cores + 1e-9:
+            for j in jobs:
                 j[3] = 1.0
             return
-        left, todo = float(self.cores), sorted(self.jobs.values(), key=lambda j: j[1])
-        while todo:
-            fair = left / len(todo)
-            j = todo.pop(0)
-            got = min(j[1], fair)
-            j[3] = got / j[1]
+        # max-min fair: other programs' busy threads are claimants of one core each
+        whole, part = divmod(self.background, 1.0)
+        claims = [(j[1], j) for j in jobs] + [(1.0, None)] * int(whole)
+        if part > 1e-9:
+            claims.append((part, None))
+        claims.sort(key=lambda c: c[0])
+        left = float(self.cores)
+        for i, (demand, job) in enumerate(claims):
+            got = min(demand, left / (len(claims) - i))
             left -= got
+            if job is not None:
+                job[3] = got / demand
 
     def _reschedule(self) -> None:
         self._rates()
@@ -428,7 +434,7 @@ class _Sim:
         self.kernel = _Kernel()
         self.store = _Store(self.kernel)
         self.latency = platform.link.latency_s
-        self.cpu = _Cpu(self.kernel, platform.host_cores)
+        self.cpu = _Cpu(self.kernel, platform.host_cores, platform.background_tasks)
         self.schedule = build_schedule(plan)
         self.spans: dict[tuple[WorkerId, int], list[tuple[str, str, float, float]]] = {}
         self.bounds: dict[tuple[WorkerId, int], tuple[float, float]] = {}

@@ -81,3 +81,9 @@ def test_runtime_base_is_measured_and_cached(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("FUNCPIPE_CACHE", str(tmp_path))
     monkeypatch.setattr(platforms, "_measured", {"rss_mb": 123.0, "import_s": 1.0})
     assert get_platform("local").runtime_base_mb == 123.0
+
+
+def test_background_probe_counts_competing_threads() -> None:
+    assert platforms.background_tasks(0.05) >= 0.0
+    busy = get_platform("local").replace(background_tasks=3.0)
+    assert busy.background_tasks == 3.0 and busy.pricing == get_platform("local").pricing

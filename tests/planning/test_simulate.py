@@ -133,3 +133,20 @@ def test_errors(cnn_profile: Profile) -> None:
 
 def test_exported() -> None:
     assert funcpipe.predict is predict and funcpipe.Prediction.__name__ == "Prediction"
+
+
+def test_other_programs_and_fewer_cores_slow_a_local_job() -> None:
+    kernel = _Kernel()
+    cpu = _Cpu(kernel, cores=2, background=2.0)  # two busy threads of other programs
+    a = cpu.run(1.0, 1.0)
+    kernel.run()
+    assert a.time == pytest.approx(1.5)  # a third of the two cores each: 2/3 of a core
+    prof = hand_profile(layer("l0", 0.2, 0.3, 1000))
+    plan = Plan(stages=[Stage(start=0, end=1, memory_mb=1769)])
+    from funcpipe.planning.platforms import local_platform
+
+    quiet = predict(plan, prof, local_platform(host_cores=2))
+    starved = predict(plan, prof, local_platform(host_cores=0.5))
+    assert starved.breakdown["stage0-replica0"].compute_s == pytest.approx(
+        2 * quiet.breakdown["stage0-replica0"].compute_s
+    )

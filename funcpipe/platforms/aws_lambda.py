@@ -419,14 +419,27 @@ def _wait(client: Any, waiter: str, name: str) -> None:
 def iam_policy(bucket: str, prefix: str = "", function_base: str = "funcpipe") -> dict[str, Any]:
     """Least privilege for the functions' execution role: the jobs' keys and their logs only."""
     root = f"{prefix.strip('/')}/jobs/" if prefix.strip("/") else "jobs/"
+    data_root = f"{prefix.strip('/')}/datasets/" if prefix.strip("/") else "datasets/"
     return {
         "Version": "2012-10-17",
         "Statement": [
             {
                 "Sid": "FuncPipeJobObjects",
                 "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                # AbortMultipartUpload: large objects move as parallel parts on AWS.
+                "Action": [
+                    "s3:GetObject",
+                    "s3:PutObject",
+                    "s3:DeleteObject",
+                    "s3:AbortMultipartUpload",
+                ],  # fmt: skip
                 "Resource": f"arn:aws:s3:::{bucket}/{root}*",
+            },
+            {
+                "Sid": "FuncPipeDataSets",  # read-only: `funcpipe data upload` writes them
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{bucket}/{data_root}*",
             },
             {
                 "Sid": "FuncPipeJobListing",

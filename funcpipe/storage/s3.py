@@ -237,6 +237,11 @@ class S3Storage(Storage):
         except (BucketMissing, KeyNotFound):
             pass  # the bucket is missing: create it below, or say how to
         except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and _code(cause) in _DENIED:
+                # 403: the bucket exists, but a least-privilege role (s3:ListBucket only under
+                # its prefix) may not HEAD it; the objects themselves are what it needs.
+                return
             raise StorageError(
                 f"cannot reach S3 bucket {o.bucket!r} on {self.description}: {exc}"
             ) from exc
@@ -420,6 +425,10 @@ class S3Storage(Storage):
         if self._client_obj is not None and self._pid == os.getpid():
             self._client_obj.close()
         self._client_obj = None
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class _Changed(StorageError):

@@ -96,8 +96,13 @@ def test_cli_deploy_policy_only_touches_nothing() -> None:
 def test_iam_policy_is_scoped_to_the_jobs_of_one_prefix() -> None:
     statements = {s["Sid"]: s for s in iam_policy("bkt", "team/a/", "fp")["Statement"]}
     objects = statements["FuncPipeJobObjects"]
-    assert sorted(objects["Action"]) == ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"]
+    assert sorted(objects["Action"]) == [
+        "s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:PutObject",
+    ]  # fmt: skip
     assert objects["Resource"] == "arn:aws:s3:::bkt/team/a/jobs/*"
+    data = statements["FuncPipeDataSets"]
+    assert data["Action"] == "s3:GetObject"
+    assert data["Resource"] == "arn:aws:s3:::bkt/team/a/datasets/*"
     listing = statements["FuncPipeJobListing"]
     assert listing["Action"] == "s3:ListBucket" and listing["Resource"] == "arn:aws:s3:::bkt"
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["team/a/jobs/*"]}}

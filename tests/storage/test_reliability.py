@@ -259,3 +259,15 @@ def test_a_hung_s3_server_fails_each_operation_within_the_bound(
         _assert_fails_within_bound(op, store.retry)
     os.kill(proc.pid, signal.SIGCONT)
     assert store.get("k") == b"v"
+
+
+def test_s3_403_on_head_bucket_means_the_bucket_exists(s3_server: Any) -> None:
+    """A role whose s3:ListBucket is limited to its prefix may not HEAD the bucket: opening
+    must still work (a missing bucket answers 404, handled separately)."""
+    from botocore.stub import Stubber
+
+    store = open_storage(s3_server.new_bucket())
+    with Stubber(store._client) as stub:
+        stub.add_client_error("head_bucket", "403", "Forbidden", 403)
+        store._check_bucket()
+        stub.assert_no_pending_responses()

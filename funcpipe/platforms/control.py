@@ -152,16 +152,26 @@ def _claim_s3(root: Any, key: str, data: bytes) -> bool:
 
 
 def _claim_local(root: Any, key: str, data: bytes) -> bool:
-    path = root._path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}#{uuid.uuid4().hex}.claim")
-    tmp.write_bytes(data)
-    try:
-        os.link(tmp, path)  # atomic, and fails if the name exists
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write a temporary file, then hard-link it to the key's name: the link fails if it exists.
+
+    Walks the folders the way LocalDirStorage does (from its root's descriptor, never following
+    links).
+    """
+    parts, obj = root._split(key)
+    tmp = f"{obj[:-1]}#{uuid.uuid4().hex}.claim"
+    with root._dirs(parts, create=True) as fds:
+        folder = fds[-1]
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                     dir_fd=folder)  # fmt: skip
+        try:
+            with open(fd, "wb") as f:
+                f.write(data)
+            os.link(tmp, obj, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=folder)
     return True
 
 

@@ -88,7 +88,7 @@ def _at_threads(by_threads: dict[int, float], k: int) -> float:
         return by_threads[k]
     lo, hi = min(by_threads), max(by_threads)
     t_lo, t_hi = by_threads[lo], by_threads[hi]
-    if lo == hi:
+    if lo == hi or t_lo <= 0:  # one count measured, or too fast for the clock
         return t_lo
     # t(k) = t1 * (s + (1 - s) / k); solve s from the two measured counts.
     if k < lo:

@@ -312,13 +312,16 @@ class _Cpu:
         self.version = 0
         self._ids = itertools.count()
 
-    def run(self, work: float, demand: float) -> _Event:
+    def run(self, work: float, demand: float, one_core: float | None = None) -> _Event:
+        """Run ``work`` seconds (at full speed) needing ``demand`` cores; ``one_core`` is the
+        time on exactly one core / ``work``: how a job given fewer cores than it wants slows."""
         ev = _Event()
         if work <= 0:
             self.kernel.trigger(ev, self.kernel.now)
             return ev
         self._advance()
-        self.jobs[next(self._ids)] = [work, demand, ev, 1.0]
+        one_core = min(demand, 1.0) if one_core is None else one_core
+        self.jobs[next(self._ids)] = [work, demand, ev, 1.0, one_core]
         self._reschedule()
         return ev
 
@@ -345,7 +348,19 @@ class _Cpu:
             got = min(demand, left / (len(claims) - i))
             left -= got
             if job is not None:
-                job[3] = got / demand
+                job[3] = self._speed(job, got)
+
+    @staticmethod
+    def _speed(job: list[Any], cores: float) -> float:
+        """Progress rate of ``job`` on ``cores`` < its demand: below one core it runs like one
+        thread at that fraction (t1 / cores); between one core and its demand, linearly towards
+        full speed."""
+        demand, one_core = job[1], job[4]
+        if cores >= demand:
+            return 1.0
+        if cores <= 1.0:
+            return cores / one_core
+        return 1 / one_core + (1 - 1 / one_core) * (cores - 1) / (demand - 1)
 
     def _reschedule(self) -> None:
         self._rates()
@@ -465,8 +480,10 @@ class _Sim:
         )
         return self.profile.activation_bytes(boundary, mb) + 200  # + safetensors header
 
-    def work(self, a: Action) -> float:
-        stage, cpus = self.plan.stages[a.stage], self.cpus[a.stage]
+    def work(self, a: Action, cpus: float | None = None) -> float:
+        """Seconds of compute ``a`` at ``cpus`` cores (default: its stage's share)."""
+        stage = self.plan.stages[a.stage]
+        cpus = self.cpus[a.stage] if cpus is None else cpus
         layers = range(stage.start, stage.end)
         if a.op is Op.FORWARD:
             return sum(self.profile.forward_s(i, self.sizes[a.micro_batch], cpus) for i in layers)
@@ -527,7 +544,9 @@ class _Sim:
                             yield from self.all_reduce(fn, step, a.stage)
                         sync += self.kernel.now - t0
                     else:
-                        yield self.cpu.run(self.work(a), demand)
+                        solo = self.work(a)
+                        one = self.work(a, 1.0) if solo > 0 else 0.0
+                        yield self.cpu.run(solo, demand, one / solo if solo > 0 else 1.0)
                         compute += self.kernel.now - t0
                     finished(a, self.kernel.event_at(self.kernel.now))
                     self.record(w, step, label, "compute", t0, self.kernel.now)

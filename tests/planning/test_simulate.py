@@ -150,3 +150,18 @@ def test_other_programs_and_fewer_cores_slow_a_local_job() -> None:
     assert starved.breakdown["stage0-replica0"].compute_s == pytest.approx(
         2 * quiet.breakdown["stage0-replica0"].compute_s
     )
+
+
+def test_a_starved_pool_runs_like_one_thread() -> None:
+    kernel = _Kernel()
+    cpu = _Cpu(kernel, cores=0.5)
+    # 1 s on its two cores, 1.5 s on one: on half a core it takes 3 s
+    a = cpu.run(1.0, 2.0, one_core=1.5)
+    kernel.run()
+    assert a.time == pytest.approx(3.0)
+
+
+def test_predict_module_is_the_public_predict() -> None:
+    from funcpipe.planning import predict as module
+
+    assert module.predict is funcpipe.predict and module.Prediction is funcpipe.Prediction

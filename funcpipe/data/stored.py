@@ -10,7 +10,8 @@ with ``shuffle_seed``), and step ``t`` takes the ``t mod (N // batch_size)``-th 
 ``batch_size`` consecutive samples (the last partial batch of an epoch is dropped, as with
 ``Batches(drop_last=True)``); its micro-batches are ``torch.tensor_split`` of that batch into
 ``micro_batches`` parts, exactly the split ``train()`` makes of a client-fed batch. So training
-from storage equals training on the batches of :func:`stored_batches`.
+from storage equals training on the batches of :func:`stored_batches` (built from the same
+micro-batch reads, Wikitext-2 masks included).
 
 The data ref (a small JSON-able dict, what a job package carries as ``data``)::
 
@@ -18,7 +19,11 @@ The data ref (a small JSON-able dict, what a job package carries as ``data``)::
       "format": "funcpipe-dataset/1",
       "prefix": "datasets/<name>",   # keys: <prefix>/index.json, <prefix>/shard-00000, ...
       "name": "<name>",
-      "kind": "cifar10" | "tensors",  # cifar10: uint8 images normalised to float32 at read
+      "kind": "cifar10" | "wikitext2" | "tensors",
+                                      # cifar10: uint8 images, normalised to float32 at read;
+                                      # wikitext2: token sequences, masked at read per
+                                      # micro-batch (then also "vocab_size",
+                                      # "mask_probability")
       "samples": N,                   # number of samples
       "shard_samples": S,             # samples per shard (the last shard may hold fewer)
       "shards": ceil(N / S),
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +46,10 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
-from funcpipe.data.batches import Batches
+from funcpipe.data.batches import _generator
 from funcpipe.data.cifar10 import Cifar10, normalize
+from funcpipe.data.masking import mask_tokens
+from funcpipe.data.wikitext import SPLIT_FILES, WikiText2
 from funcpipe.errors import ConfigError
 from funcpipe.storage import Storage, open_storage, validate_key
 
@@ -53,7 +61,7 @@ __all__ = [
 ]
 
 FORMAT = "funcpipe-dataset/1"
-KINDS = ("cifar10", "tensors")
+KINDS = ("cifar10", "wikitext2", "tensors")
 DEFAULT_SHARD_SAMPLES = 256
 
 
@@ -61,16 +69,24 @@ def _shard_key(prefix: str, i: int) -> str:
     return f"{prefix}/shard-{i:05d}"
 
 
-def _load_source(source: Any, kind: str | None) -> tuple[str, Tensor, Tensor]:
-    """(kind, inputs, targets) from a CIFAR-10 directory, a Cifar10, a pair of tensors, or a
-    .safetensors file holding 'inputs' and 'targets'."""
+def _load_source(
+    source: Any, kind: str | None, text: dict[str, int]
+) -> tuple[str, Tensor, Tensor, dict[str, Any]]:
+    """(kind, inputs, targets, extra ref fields) from a CIFAR-10 or Wikitext-2 directory, a
+    Cifar10, a WikiText2, a pair of tensors, or a .safetensors file with 'inputs' and
+    'targets'. ``text`` holds seq_len and vocab_size for a Wikitext-2 directory."""
     if isinstance(source, Cifar10):
-        return "cifar10", source.images, source.labels
+        return "cifar10", source.images, source.labels, {}
+    if isinstance(source, WikiText2):
+        # Labels come from masking at read time: nothing to store for targets.
+        extra = {"vocab_size": source.vocab_size, "mask_probability": 0.15}
+        empty = torch.empty((len(source), 0), dtype=torch.int64)
+        return "wikitext2", source.sequences, empty, extra
     if isinstance(source, tuple) and len(source) == 2:
         inputs, targets = source
         if not (isinstance(inputs, Tensor) and isinstance(targets, Tensor)):
             raise ConfigError("a data set given as a pair must be two tensors (inputs, targets)")
-        return kind or "tensors", inputs, targets
+        return kind or "tensors", inputs, targets, {}
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_file() and path.suffix == ".safetensors":
@@ -81,13 +97,15 @@ def _load_source(source: Any, kind: str | None) -> tuple[str, Tensor, Tensor]:
                     f"{path} lacks tensor(s) {sorted(missing)}; save the data set as "
                     "safetensors with 'inputs' and 'targets' (first dimension = samples)"
                 )
-            return kind or "tensors", tensors["inputs"], tensors["targets"]
+            return kind or "tensors", tensors["inputs"], tensors["targets"], {}
+        if path.is_dir() and (path / SPLIT_FILES["train"]).is_file():
+            return _load_source(WikiText2.load(path, "train", **text), kind, text)
         if path.is_dir():
             data = Cifar10.load(path, "train")
-            return "cifar10", data.images, data.labels
+            return "cifar10", data.images, data.labels, {}
         raise ConfigError(
-            f"data source {str(path)!r} is neither a CIFAR-10 binary directory nor a "
-            ".safetensors file with 'inputs' and 'targets'"
+            f"data source {str(path)!r} is neither a CIFAR-10 binary or Wikitext-2 raw "
+            "directory nor a .safetensors file with 'inputs' and 'targets'"
         )
     raise ConfigError(
         f"data source {type(source).__name__} is not supported; pass a CIFAR-10 directory, a "
@@ -103,15 +121,19 @@ def upload_dataset(
     shard_samples: int = DEFAULT_SHARD_SAMPLES,
     shuffle_seed: int | None = None,
     kind: str | None = None,
+    seq_len: int = 128,
+    vocab_size: int = 30522,
 ) -> dict[str, Any]:
     """Put ``source`` into ``storage`` (a URL or an open Storage) as data set ``name``; return
-    its data ref (see the module docstring). Re-uploading a name replaces it."""
+    its data ref (see the module docstring). Re-uploading a name replaces it. ``seq_len`` and
+    ``vocab_size`` apply to a Wikitext-2 directory (tokenised as WikiText2.load does)."""
     validate_key(name)
     if "/" in name:
         raise ConfigError(f"data set name {name!r} must be one key part (no '/')")
     if not (isinstance(shard_samples, int) and shard_samples >= 1):
         raise ConfigError(f"shard_samples must be a positive integer, got {shard_samples!r}")
-    kind, inputs, targets = _load_source(source, kind)
+    text = {"seq_len": seq_len, "vocab_size": vocab_size}
+    kind, inputs, targets, extra = _load_source(source, kind, text)
     if kind not in KINDS:
         raise ConfigError(f"data set kind {kind!r} must be one of {KINDS}")
     if inputs.shape[0] != targets.shape[0] or inputs.shape[0] == 0:
@@ -133,6 +155,7 @@ def upload_dataset(
         "samples": n,
         "shard_samples": shard_samples,
         "shards": shards,
+        **extra,
     }
     store = open_storage(storage) if isinstance(storage, str) else storage
     try:
@@ -195,9 +218,14 @@ def read_micro_batch(
     *,
     batch_size: int,
     micro_batches: int,
+    seed: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """(inputs, targets) of ``micro_batch`` of step ``step``, read from ``storage`` (the root
-    the data set was uploaded to). Reads only the shards holding those samples."""
+    the data set was uploaded to). Reads only the shards holding those samples.
+
+    Wikitext-2 sequences are masked here, per micro-batch, from a generator seeded with
+    (``seed``, step, micro-batch), so any function draws the same masks for the same micro-batch.
+    """
     lo, hi = micro_batch_range(
         dataset_ref, step, micro_batch, batch_size=batch_size, micro_batches=micro_batches
     )
@@ -211,23 +239,56 @@ def read_micro_batch(
     x, y = torch.cat(inputs), torch.cat(targets)
     if dataset_ref["kind"] == "cifar10":
         x = normalize(x)
+    elif dataset_ref["kind"] == "wikitext2":
+        x, y = mask_tokens(
+            x,
+            vocab_size=int(dataset_ref["vocab_size"]),
+            generator=_generator(seed, step, micro_batch, 2),
+            probability=float(dataset_ref["mask_probability"]),
+        )
     return x, y
 
 
-def stored_batches(storage: Storage, dataset_ref: dict[str, Any], batch_size: int) -> Batches:
-    """The global batches training from ``dataset_ref`` sees, as client-side Batches (one
-    epoch, stored order): for checks, and for feeding the same data from the client."""
+class StoredBatches:
+    """The global batches a run reading ``ref`` from storage trains on, built from the very
+    micro-batches the functions read (one epoch, stored order): to check, or to feed the same
+    data from the client (``train(batches=...)``)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        ref: dict[str, Any],
+        batch_size: int,
+        micro_batches: int = 1,
+        seed: int = 0,
+    ) -> None:
+        micro_batch_range(ref, 0, 0, batch_size=batch_size, micro_batches=micro_batches)
+        self.storage, self.ref, self.seed = storage, ref, seed
+        self.batch_size, self.micro_batches = batch_size, micro_batches
+
+    def __len__(self) -> int:
+        return int(self.ref["samples"]) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for step in range(len(self)):
+            parts = [
+                read_micro_batch(
+                    self.storage, self.ref, step, b, batch_size=self.batch_size,
+                    micro_batches=self.micro_batches, seed=self.seed,
+                )
+                for b in range(self.micro_batches)
+            ]  # fmt: skip
+            yield torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def stored_batches(
+    storage: Storage,
+    dataset_ref: dict[str, Any],
+    batch_size: int,
+    micro_batches: int = 1,
+    *,
+    seed: int = 0,
+) -> StoredBatches:
+    """See :class:`StoredBatches`."""
     _check_ref(dataset_ref)
-    shards = [
-        load_tensors(storage.get(_shard_key(dataset_ref["prefix"], i)))
-        for i in range(int(dataset_ref["shards"]))
-    ]
-    inputs = torch.cat([s["inputs"] for s in shards])
-    targets = torch.cat([s["targets"] for s in shards])
-    cifar = dataset_ref["kind"] == "cifar10"
-
-    def take(indices: Tensor, _: torch.Generator) -> tuple[Tensor, Tensor]:
-        x = inputs[indices]
-        return (normalize(x) if cifar else x), targets[indices]
-
-    return Batches(take, len(targets), batch_size, shuffle=False)
+    return StoredBatches(storage, dataset_ref, batch_size, micro_batches, seed)

@@ -130,3 +130,28 @@ def test_bad_inputs_are_refused_with_the_fix(tmp_path: Path) -> None:
         read_micro_batch(store, ref, 0, 0, batch_size=11, micro_batches=1)
     with pytest.raises(ConfigError, match="not a FuncPipe data ref"):
         read_micro_batch(store, {"prefix": "datasets/x"}, 0, 0, batch_size=4, micro_batches=1)
+
+
+def test_wikitext2_directory_is_tokenised_once_and_masked_per_micro_batch(tmp_path: Path) -> None:
+    from funcpipe.data import WikiText2
+    from funcpipe.data.synthetic import write_synthetic_wikitext2
+
+    write_synthetic_wikitext2(tmp_path / "wiki", train_lines=60)
+    store = open_storage(str(tmp_path / "store"))
+    ref = upload_dataset(store, "wt2", tmp_path / "wiki", seq_len=16, vocab_size=200)
+    local = WikiText2.load(tmp_path / "wiki", seq_len=16, vocab_size=200)
+    assert ref["kind"] == "wikitext2" and ref["samples"] == len(local)
+    assert ref["vocab_size"] == local.vocab_size and ref["mask_probability"] == 0.15
+    sequences = local.sequences
+    x, y = read_micro_batch(store, ref, 1, 1, batch_size=8, micro_batches=2, seed=4)
+    original = sequences[12:16]  # step 1 = samples 8-15; micro-batch 1 = 12-15
+    chosen = y != -100
+    assert chosen.any(dim=1).all()  # at least one masked token per sequence
+    assert torch.equal(y[chosen], original[chosen]) and torch.equal(x[~chosen], original[~chosen])
+    again = read_micro_batch(store, ref, 1, 1, batch_size=8, micro_batches=2, seed=4)
+    assert torch.equal(again[0], x) and torch.equal(again[1], y)  # any function, same masks
+    other = read_micro_batch(store, ref, 1, 1, batch_size=8, micro_batches=2, seed=5)
+    assert not torch.equal(other[1], y)
+    batches = stored_batches(store, ref, 8, 2, seed=4)
+    bx, by = list(batches)[1]
+    assert torch.equal(bx[4:], x) and torch.equal(by[4:], y)

@@ -111,6 +111,10 @@ class Profile:
     target_bytes_table: dict[int, int]  # micro-batch -> encoded target bytes
     runtime_base_mb: float
     meta: dict[str, Any] = field(default_factory=dict)
+    # CPU seconds one transfer costs its two ends (encode + write, read + decode), fitted as
+    # per request + per byte; on a CPU-starved function these add up.
+    transfer_s_per_request: float = 0.0
+    transfer_s_per_byte: float = 0.0
 
     # --- the questions a planner asks -----------------------------------------------------
     @property
@@ -158,6 +162,10 @@ class Profile:
     def target_bytes(self, micro_batch: float) -> float:
         """Encoded bytes of a micro-batch's targets (what the client feeds the last stage)."""
         return _interp(self.target_bytes_table, micro_batch)
+
+    def transfer_cpu_s(self, nbytes: float) -> float:
+        """CPU seconds (at one core) a transfer of ``nbytes`` costs its two ends together."""
+        return self.transfer_s_per_request + self.transfer_s_per_byte * nbytes
 
     def param_bytes(self, layer: int) -> int:
         return self.layers[layer].param_bytes
@@ -209,6 +217,8 @@ class Profile:
             input_bytes_table=ints(data["input_bytes_table"]),
             target_bytes_table=ints(data["target_bytes_table"]),
             runtime_base_mb=float(data["runtime_base_mb"]),
+            transfer_s_per_request=float(data.get("transfer_s_per_request", 0.0)),
+            transfer_s_per_byte=float(data.get("transfer_s_per_byte", 0.0)),
             meta=dict(data.get("meta", {})),
         )
 
@@ -303,6 +313,31 @@ def _consistent(by_threads: dict[int, float]) -> None:
     one = by_threads[1]
     for k, t in by_threads.items():
         by_threads[k] = min(max(t, one / k), one)
+
+
+def _transfer_cost(repeats: int) -> tuple[float, float]:
+    """CPU seconds of one transfer through local storage (encode, write, read, decode, delete),
+    at a small and a large size; returns (per request, per byte)."""
+    import tempfile
+
+    from funcpipe.storage.local_dir import LocalDirStorage
+
+    sizes = (4096, 1 << 22)
+    costs = []
+    with tempfile.TemporaryDirectory(prefix="funcpipe-profile-") as root:
+        store = LocalDirStorage(root)
+        for n in sizes:
+            tensor = torch.ones(n // 4)
+
+            def once(tensor: torch.Tensor = tensor) -> None:
+                store.put("probe", codec.encode(tensor))
+                codec.decode(store.get("probe"))
+                store.delete("probe")
+
+            costs.append(_best_time(once, max(repeats, 3), 1, time.thread_time)[0])
+        store.close()
+    per_byte = max(0.0, (costs[1] - costs[0]) / (sizes[1] - sizes[0]))
+    return max(0.0, costs[0] - per_byte * sizes[0]), per_byte
 
 
 def _default_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -468,6 +503,7 @@ def profile(
             )
     finally:
         torch.set_num_threads(previous_threads)
+    per_request, per_byte = _transfer_cost(repeats)
     return Profile(
         layers=layers,
         micro_batch_sizes=sizes,
@@ -475,6 +511,8 @@ def profile(
         input_bytes_table=in_table,
         target_bytes_table=tgt_table,
         runtime_base_mb=float(runtime_base_mb),
+        transfer_s_per_request=per_request,
+        transfer_s_per_byte=per_byte,
         meta={
             "torch": torch.__version__,
             "host": _host.node(),

@@ -247,23 +247,37 @@ class _Function:
         self.counts = _Counts()
         self.busy: list[tuple[float, float]] = []  # intervals with bytes or latency in flight
 
+    def cpu_then(self, nbytes: float, then: Callable[[], None]) -> None:
+        """Spend one end's share of a transfer's CPU cost on this function's CPU, then ``then``."""
+        work = self.sim.profile_transfer_s(nbytes) / 2
+        if work <= 0:
+            then()
+            return
+        share = min(1.0, self.sim.cpus[self.worker.stage])
+        ev = self.sim.cpu.run(work / share, share, share)
+        ev.callbacks.append(lambda _t: then())
+
     def upload_task(
         self, key: Any, nbytes: float, span: str | None = None, step: int = 0
     ) -> Callable[[Callable[[], None]], None]:
         def run(finish: Callable[[], None]) -> None:
             t0 = self.kernel.now
-            crossed = self.up.cross(t0, nbytes)
-            self.sim.store.publish(key, crossed)
-            end = crossed + self.sim.latency
-            self.counts.puts += 1
-            self.busy.append((t0, end))
 
-            def done() -> None:
-                if span:
-                    self.sim.record(self.worker, step, span, "upload", t0, end)
-                finish()
+            def send() -> None:
+                crossed = self.up.cross(self.kernel.now, nbytes)
+                self.sim.store.publish(key, crossed)
+                end = crossed + self.sim.latency
+                self.counts.puts += 1
+                self.busy.append((t0, end))
 
-            self.kernel.at(end, done)
+                def done() -> None:
+                    if span:
+                        self.sim.record(self.worker, step, span, "upload", t0, end)
+                    finish()
+
+                self.kernel.at(end, done)
+
+            self.cpu_then(nbytes, send)  # encode and write
 
         return run
 
@@ -282,10 +296,10 @@ class _Function:
 
                 def done() -> None:
                     if span:
-                        self.sim.record(self.worker, step, span, "download", t0, end)
+                        self.sim.record(self.worker, step, span, "download", t0, self.kernel.now)
                     finish()
 
-                self.kernel.at(end, done)
+                self.kernel.at(end, lambda: self.cpu_then(nbytes, done))  # read and decode
 
             self.sim.store.when_visible(key, seen)
 
@@ -461,6 +475,10 @@ class _Sim:
             if w != CLIENT
         }
         self.cpus = [platform.cpus(s.memory_mb) for s in plan.stages]
+
+    def profile_transfer_s(self, nbytes: float) -> float:
+        cost = getattr(self.profile, "transfer_cpu_s", None)
+        return cost(nbytes) if cost is not None else 0.0
 
     def record(self, w: WorkerId, step: int, label: str, lane: str, t0: float, t1: float) -> None:
         self.spans.setdefault((w, step), []).append((label, lane, t0, t1))

@@ -165,3 +165,14 @@ def test_predict_module_is_the_public_predict() -> None:
     from funcpipe.planning import predict as module
 
     assert module.predict is funcpipe.predict and module.Prediction is funcpipe.Prediction
+
+
+def test_transfers_cost_cpu_at_both_ends() -> None:
+    prof = hand_profile(layer("l0", 0.2, 0.3, 1000, params=4000, step=0.05))
+    prof.transfer_s_per_request = 0.01  # 5 ms at each end of every transfer
+    plan = Plan(stages=[Stage(start=0, end=1, memory_mb=1769)], micro_batches=1)
+    pred = predict(plan, prof, SLOW, batch_size=MB)
+    # LOAD_INPUT now ends 5 ms later (decoding), which delays the whole step; the report's
+    # upload spends 5 ms encoding before it is sent
+    report = 0.005 + 0.01 + 5 * REPORT_BYTES_PER_ACTION / 1e6
+    assert pred.time_s == pytest.approx(0.665 + report, abs=1e-9)

@@ -13,7 +13,8 @@ Why: a command or example that no test runs goes stale silently. Rules, per bloc
   with the marker ``<!-- docs-test: skip (reason) -->`` on the line before the fence; the reason
   shows in the pytest report. ``<!-- docs-test: ci (reason) -->`` marks a block that CI runs:
   each of its commands must be a line of ``.ci/run`` (checked here), and it is reported skipped.
-- A fence without a language, or an indented code block, fails: say what it is.
+- A fence without a language, an indented code block, or a ``text`` block that starts like a
+  command or Python code fails: say what it is.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ KNOWN = RUN | DATA | {"text"}
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)")
 _MARKER = re.compile(r"^\s*<!--\s*docs-test:\s*(skip|ci)\s*\((.+)\)\s*-->\s*$")
 _LIST_ITEM = re.compile(r"^\s*([-*+]|\d+[.)])\s")
+# The first line of a ```text block that a reader would paste: a command or Python code.
+_LOOKS_RUNNABLE = re.compile(
+    r"^(\$ |(funcpipe|python3?|pip3?|make|aws|docker|export|git|cd|curl|sudo|apt-get|apt|brew|"
+    r"lithops|tensorboard|redis-server|kubectl|gcloud|az|ibmcloud|bash|sh)(\s|$)|\.venv/|"
+    r"(bench|scripts)/\S+\.(py|sh)|import \w|from [\w.]+ import )"
+)
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,13 @@ def test_every_block_says_what_it_is() -> None:
             problems.append(
                 f"{b.where}: fenced block with {what}; use one of {sorted(KNOWN)} "
                 "(```text for output or a layout)"
+            )
+        first = next((s for s in (ln.strip() for ln in b.body) if s and s[0] != "#"), "")
+        if b.lang == "text" and _LOOKS_RUNNABLE.match(first):
+            problems.append(
+                f"{b.where}: a ```text block that starts with something a reader would run "
+                f"({first[:40]!r}); use ```bash/```console/```python, with a "
+                "'<!-- docs-test: skip (why) -->' line before it if it cannot run here"
             )
         if b.marker and b.lang not in RUN:
             problems.append(f"{b.where}: a docs-test marker on a block that never runs")

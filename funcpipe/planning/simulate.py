@@ -475,6 +475,7 @@ class _Sim:
             if w != CLIENT
         }
         self.cpus = [platform.cpus(s.memory_mb) for s in plan.stages]
+        self._work: dict[tuple[Any, ...], float] = {}
 
     def profile_transfer_s(self, nbytes: float) -> float:
         cost = getattr(self.profile, "transfer_cpu_s", None)
@@ -500,8 +501,15 @@ class _Sim:
 
     def work(self, a: Action, cpus: float | None = None) -> float:
         """Seconds of compute ``a`` at ``cpus`` cores (default: its stage's share)."""
-        stage = self.plan.stages[a.stage]
         cpus = self.cpus[a.stage] if cpus is None else cpus
+        mb = None if a.micro_batch is None else self.sizes[a.micro_batch]
+        key = (a.op, a.stage, mb, cpus)
+        if key not in self._work:
+            self._work[key] = self._compute_work(a, cpus)
+        return self._work[key]
+
+    def _compute_work(self, a: Action, cpus: float) -> float:
+        stage = self.plan.stages[a.stage]
         layers = range(stage.start, stage.end)
         if a.op is Op.FORWARD:
             return sum(self.profile.forward_s(i, self.sizes[a.micro_batch], cpus) for i in layers)

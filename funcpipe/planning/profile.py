@@ -20,6 +20,7 @@ be measured once and shipped with a job.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -115,6 +116,7 @@ class Profile:
     # per request + per byte; on a CPU-starved function these add up.
     transfer_s_per_request: float = 0.0
     transfer_s_per_byte: float = 0.0
+    poll_s: float = 0.0  # CPU seconds of one poll for a key that is not there yet
 
     # --- the questions a planner asks -----------------------------------------------------
     @property
@@ -219,6 +221,7 @@ class Profile:
             runtime_base_mb=float(data["runtime_base_mb"]),
             transfer_s_per_request=float(data.get("transfer_s_per_request", 0.0)),
             transfer_s_per_byte=float(data.get("transfer_s_per_byte", 0.0)),
+            poll_s=float(data.get("poll_s", 0.0)),
             meta=dict(data.get("meta", {})),
         )
 
@@ -315,11 +318,13 @@ def _consistent(by_threads: dict[int, float]) -> None:
         by_threads[k] = min(max(t, one / k), one)
 
 
-def _transfer_cost(repeats: int) -> tuple[float, float]:
+def _transfer_cost(repeats: int) -> tuple[float, float, float]:
     """CPU seconds of one transfer through local storage (encode, write, read, decode, delete),
-    at a small and a large size; returns (per request, per byte)."""
+    at a small and a large size, and of one poll for a missing key; returns (per request, per
+    byte, per poll)."""
     import tempfile
 
+    from funcpipe.errors import KeyNotFound
     from funcpipe.storage.local_dir import LocalDirStorage
 
     sizes = (4096, 1 << 22)
@@ -335,9 +340,16 @@ def _transfer_cost(repeats: int) -> tuple[float, float]:
                 store.delete("probe")
 
             costs.append(_best_time(once, max(repeats, 3), 1, time.thread_time)[0])
+
+        def polls(n: int = 100) -> None:
+            for _ in range(n):
+                with contextlib.suppress(KeyNotFound):
+                    store.get("missing")
+
+        poll = _best_time(polls, max(repeats, 3), 1, time.thread_time)[0] / 100
         store.close()
     per_byte = max(0.0, (costs[1] - costs[0]) / (sizes[1] - sizes[0]))
-    return max(0.0, costs[0] - per_byte * sizes[0]), per_byte
+    return max(0.0, costs[0] - per_byte * sizes[0]), per_byte, poll
 
 
 def _default_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -503,7 +515,7 @@ def profile(
             )
     finally:
         torch.set_num_threads(previous_threads)
-    per_request, per_byte = _transfer_cost(repeats)
+    per_request, per_byte, poll = _transfer_cost(repeats)
     return Profile(
         layers=layers,
         micro_batch_sizes=sizes,
@@ -513,6 +525,7 @@ def profile(
         runtime_base_mb=float(runtime_base_mb),
         transfer_s_per_request=per_request,
         transfer_s_per_byte=per_byte,
+        poll_s=poll,
         meta={
             "torch": torch.__version__,
             "host": _host.node(),

@@ -287,8 +287,12 @@ class _Function:
         def run(finish: Callable[[], None]) -> None:
             t0 = self.kernel.now
 
+            polling = [False]
+
             def seen(visible: float) -> None:
                 noticed = _noticed(t0, visible)
+                if polling[0]:
+                    self.kernel.at(noticed, lambda: self.sim.cpu.poll(-1))
                 end = self.down.cross(noticed + self.sim.latency, nbytes)
                 self.counts.gets += 1
                 self.counts.deletes += int(delete)
@@ -301,6 +305,9 @@ class _Function:
 
                 self.kernel.at(end, lambda: self.cpu_then(nbytes, done))  # read and decode
 
+            if key not in self.sim.store.visible:
+                polling[0] = True
+                self.sim.cpu.poll(+1)
             self.sim.store.when_visible(key, seen)
 
         return run
@@ -321,6 +328,8 @@ class _Cpu:
 
     def __init__(self, kernel: _Kernel, cores: float | None, background: float = 0.0) -> None:
         self.kernel, self.cores, self.background = kernel, cores, background
+        self.pollers = 0  # downloads waiting for a key: each polls storage every POLL_MAX_S
+        self.poll_cores = 0.0  # CPU one poller uses (cores)
         self.jobs: dict[int, list[Any]] = {}  # id -> [remaining work, demand, event, rate]
         self.last = 0.0
         self.version = 0
@@ -339,6 +348,15 @@ class _Cpu:
         self._reschedule()
         return ev
 
+    def poll(self, delta: int) -> None:
+        """A download starts (+1) or stops (-1) polling for its key."""
+        if self.cores is None or not self.poll_cores:
+            return
+        self._advance()
+        self.pollers += delta
+        if self.jobs:
+            self._reschedule()
+
     def _advance(self) -> None:
         dt = self.kernel.now - self.last
         for job in self.jobs.values():
@@ -347,7 +365,10 @@ class _Cpu:
 
     def _rates(self) -> None:
         jobs = list(self.jobs.values())
-        if self.cores is None or sum(j[1] for j in jobs) + self.background <= self.cores + 1e-9:
+        polling = self.pollers * self.poll_cores
+        if self.cores is None or sum(j[1] for j in jobs) + self.background + polling <= (
+            self.cores + 1e-9
+        ):
             for j in jobs:
                 j[3] = 1.0
             return
@@ -356,6 +377,7 @@ class _Cpu:
         claims = [(j[1], j) for j in jobs] + [(1.0, None)] * int(whole)
         if part > 1e-9:
             claims.append((part, None))
+        claims += [(self.poll_cores, None)] * self.pollers
         claims.sort(key=lambda c: c[0])
         left = float(self.cores)
         for i, (demand, job) in enumerate(claims):
@@ -464,6 +486,7 @@ class _Sim:
         self.store = _Store(self.kernel)
         self.latency = platform.link.latency_s
         self.cpu = _Cpu(self.kernel, platform.host_cores, platform.background_tasks)
+        self.cpu.poll_cores = getattr(profile, "poll_s", 0.0) / POLL_MAX_S
         self.schedule = build_schedule(plan)
         self.spans: dict[tuple[WorkerId, int], list[tuple[str, str, float, float]]] = {}
         self.bounds: dict[tuple[WorkerId, int], tuple[float, float]] = {}

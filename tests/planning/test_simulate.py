@@ -176,3 +176,15 @@ def test_transfers_cost_cpu_at_both_ends() -> None:
     # upload spends 5 ms encoding before it is sent
     report = 0.005 + 0.01 + 5 * REPORT_BYTES_PER_ACTION / 1e6
     assert pred.time_s == pytest.approx(0.665 + report, abs=1e-9)
+
+
+def test_waiting_downloads_poll_on_the_cpu() -> None:
+    kernel = _Kernel()
+    cpu = _Cpu(kernel, cores=1.0)
+    cpu.poll_cores = 0.5  # an absurdly expensive poller, to make the effect plain
+    cpu.poll(+1)
+    a = cpu.run(1.0, 1.0)
+    kernel.at(1.0, lambda: cpu.poll(-1))
+    kernel.run()
+    # half a core until t=1 (0.5 done), then the whole core for the other 0.5
+    assert a.time == pytest.approx(1.5)

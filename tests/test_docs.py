@@ -269,3 +269,39 @@ def test_json_blocks_parse() -> None:
         except json.JSONDecodeError as exc:
             problems.append(f"{block.where}: json block does not parse: {exc}")
     assert not problems, "\n".join(problems)
+
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    out = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line):
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).lower()).replace(" ", "-")
+            out.add(slug)
+    return out
+
+
+def test_relative_links_resolve() -> None:
+    """A link to a file or heading that moved leaves a reader stranded."""
+    problems = []
+    for doc in DOCS:
+        in_fence = False
+        for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+            if _FENCE.match(line):
+                in_fence = not in_fence
+            if in_fence:
+                continue
+            for target in _LINK.findall(line):
+                if re.match(r"^[a-z]+:", target):
+                    continue  # http(s), mailto: not checked here
+                file, _, anchor = target.partition("#")
+                dest = (doc.parent / file).resolve() if file else doc
+                where = f"{doc.relative_to(ROOT)}:{n}"
+                if not dest.exists():
+                    problems.append(f"{where}: link to missing {file}")
+                elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+                    problems.append(f"{where}: no heading #{anchor} in {file or doc.name}")
+    assert not problems, "\n".join(problems)

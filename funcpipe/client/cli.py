@@ -120,7 +120,7 @@ def _check_writable(path: Path | None, option: str = "--json-out") -> None:
     default="local",
     show_default=True,
     help="storage URL: local (a folder under $FUNCPIPE_STORAGE_DIR, default "
-    "/dev/shm/funcpipe-storage), local:///path, redis://host:port/db, "
+    "~/.cache/funcpipe/storage), local:///path, redis://host:port/db, "
     "s3://bucket/prefix?endpoint_url=... (see docs/storage.md)",
 )
 @click.option(

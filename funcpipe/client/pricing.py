@@ -29,6 +29,7 @@ class Pricing:
     get_request: float = _P.get  # USD per GET (S3 Standard)
     list_request: float = _P.list  # USD per LIST (S3: PUT/COPY/POST/LIST class)
     delete_request: float = _P.delete  # USD per DELETE (free on S3)
+    billing_granularity_s: float = 0.001  # Lambda rounds each invocation's duration up to 1 ms
 
     @classmethod
     def from_prices(cls, name: str, prices: Prices) -> Pricing:

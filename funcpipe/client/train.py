@@ -8,6 +8,7 @@ its storage keys deleted.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import dataclasses
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from funcpipe import codec
+from funcpipe.client.billing import StepBill, bill_steps
 from funcpipe.client.history_log import HistoryLog
 from funcpipe.client.hygiene import (
     batch_size,
@@ -45,15 +47,19 @@ from funcpipe.planning.plan import Plan
 from funcpipe.platforms.base import FunctionSpec, Invocation, Platform, Status
 from funcpipe.runtime import keys
 from funcpipe.runtime.check import check_schedule
+from funcpipe.runtime.package import FunctionPackage, inline_ref, pack_object
 from funcpipe.runtime.schedule import Channel, WorkerId, build_schedule
 from funcpipe.runtime.stage import LossFn, OptimizerFactory
-from funcpipe.runtime.worker import WorkerConfig, run_worker
 from funcpipe.storage import open_storage
 from funcpipe.storage.base import Storage
 from funcpipe.storage.prefixed import PrefixedStorage
 from funcpipe.storage.throttle import LinkConfig, ThrottledStorage
 
 Batch = tuple[Any, Any]
+# Extra patience for the first step: every function starts a fresh interpreter and imports torch
+# (seconds each; many at once on a small machine share its cores). A function that dies while
+# starting is still noticed at once through the platform.
+STARTUP_GRACE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -63,11 +69,14 @@ class StepStats:
     step: int
     loss: float  # the whole batch's mean loss, before this step's update
     iteration_s: float  # first function starting the step to last one finishing it
-    cost_usd: float  # what the step would cost on the priced cloud
+    cost_usd: float  # what the step would cost on the priced cloud (the three parts below)
     bytes_up: int
     bytes_down: int
     requests: int
     skipped: bool = False  # the loss was not finite and on_nonfinite="skip" dropped the update
+    compute_usd: float = 0.0  # functions' GB-seconds after start-up
+    request_usd: float = 0.0  # every storage request, polls and the client's included
+    startup_usd: float = 0.0  # cold starts' GB-seconds and invocation fees (step 0 only)
 
 
 @dataclass
@@ -77,6 +86,12 @@ class TrainResult:
     plan: Plan
     job_id: str
     reports: list[list[dict[str, Any]]] = field(default_factory=list, repr=False)
+    # Each function's cold start: invocation to its first action, in seconds.
+    startup_s: dict[str, float] = field(default_factory=dict)
+    # Each function's last record (invoked_at, ready_at, end, total traffic) and the client's
+    # request counts: everything the bill is computed from.
+    functions: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    client_requests: dict[str, float] = field(default_factory=dict)
 
     @property
     def total_cost_usd(self) -> float:
@@ -121,6 +136,7 @@ def train(
     job_id: str | None = None,
     on_nonfinite: str = "raise",
     log_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
 ) -> TrainResult:
     """Train ``model`` with ``plan`` for ``steps`` steps, one global batch from ``batches`` each.
 
@@ -135,6 +151,10 @@ def train(
     on (``"skip"``; the step's ``StepStats.skipped`` is True).
     ``log_dir`` streams each step of the history to ``<log_dir>/history.csv`` and to TensorBoard
     event files there while training (needs ``pip install 'funcpipe[tensorboard]'``).
+    ``seed`` seeds every function's random state per (step, stage, micro-batch), so dropout
+    differs between micro-batches and a run repeats exactly, whatever the number of replicas.
+    ``link`` defaults to the emulated Lambda link on the local platform and to no emulation on a
+    real cloud, whose link is real.
     The input model is left untouched; ``result.model`` is a trained copy.
     """
     if not isinstance(model, nn.Sequential):
@@ -156,8 +176,10 @@ def train(
     schedule = build_schedule(plan)
     check_schedule(schedule)
     job_id = new_job_id() if job_id is None else validate_job_id(job_id)
-    link = link or LinkConfig()
+    if link is None and _emulates_link(platform):
+        link = LinkConfig()
     _warm_up(optimizer)
+    code = {"loss": inline_ref(loss_fn), "optimizer": inline_ref(optimizer)}
 
     root = open_storage(storage, deadline_s=timeout_s)  # bounds every request, retries too
     with contextlib.ExitStack() as cleanup:
@@ -176,9 +198,10 @@ def train(
                 f"`funcpipe clean --job {job_id}`"
             )
         # The client's own requests (data, reports, weights) are priced too: count them.
-        jobs = ThrottledStorage(PrefixedStorage(root, prefix), LinkConfig(enabled=False))
+        shared = ThrottledStorage(PrefixedStorage(root, prefix), LinkConfig(enabled=False))
         cleanup.callback(_delete_job, root, prefix)
         cleanup.enter_context(Heartbeat(root, job_id))
+        jobs = PrefixedStorage(shared, keys.generation_prefix(0))
         plat = _make_platform(platform) if isinstance(platform, str) else platform
         if isinstance(platform, str):
             cleanup.callback(plat.close)
@@ -189,67 +212,89 @@ def train(
 
         feeder = _Feeder(iter(batches), plan, jobs, steps)
         # Data for the first two steps is in storage before any function starts.
-        counted = jobs.stats.snapshot()
+        counted = shared.stats.snapshot()
         feeder.feed(0)
         feeder.feed(1)
-        base = WorkerConfig(
-            job_id=job_id,
-            storage_url=storage,
-            plan_json=plan.to_json(),
-            stage=0,
-            replica=0,
-            steps=steps,
-            timeout_s=timeout_s,
-            link=link,
-            sync_algorithm=sync_algorithm,
-            overlap=overlap,
-        )
+        layer_refs = _put_stage_code(model, plan, shared)
+        memory: dict[tuple[int, int], int] = {}
         for s, stage in enumerate(plan.stages):
             for r in range(stage.replicas):
-                cfg = dataclasses.replace(base, stage=s, replica=r)
-                spec = FunctionSpec(str(cfg.worker), stage.memory_mb, function_timeout_s)
-                layers = model[stage.start : stage.end]
-                target = _worker_target(cfg, layers, loss_fn, optimizer)
-                invocations[cfg.worker] = plat.start(spec, target)
+                pkg = FunctionPackage(
+                    job_id=job_id,
+                    storage_url=storage,
+                    plan=json.loads(plan.to_json()),
+                    stage=s,
+                    replica=r,
+                    first_step=0,
+                    end_step=steps,
+                    seed=seed,
+                    timeout_s=timeout_s,
+                    code={**code, "layers": layer_refs[s]},
+                    link=dataclasses.asdict(link) if link is not None else None,
+                    sync_algorithm=sync_algorithm,
+                    overlap=overlap,
+                    settings={"total_steps": steps},
+                )
+                spec = FunctionSpec(pkg.name, stage.memory_mb, function_timeout_s)
+                invocations[WorkerId(s, r)] = plat.start(spec, pkg.to_json().encode())
+                memory[(s, r)] = stage.memory_mb
 
         monitor = _Monitor(plat, invocations, plan, jobs, timeout_s)
         history: list[StepStats] = []
         reports: list[list[dict[str, Any]]] = []
+        client_traffic: list[dict[str, float]] = []
         with tqdm(total=steps, desc="training", unit="step", disable=not progress) as bar:
             for t in range(steps):
                 step_reports = monitor.wait_all(
-                    [keys.report(t, s, r) for s, r in invocations], f"step {t}"
+                    [keys.report(t, s, r) for s, r in invocations],
+                    f"step {t}",
+                    grace_s=STARTUP_GRACE_S if t == 0 else 0.0,
                 )
                 skipped = nonfinite_step(t, step_reports, on_nonfinite)
                 feeder.feed(t + 2)
                 # The client's requests since the last step (data it fed, reports it polled).
-                now = jobs.stats.snapshot()
-                client_puts = now.put_class() - counted.put_class()
-                client_gets = now.get_class() - counted.get_class()
+                now = shared.stats.snapshot()
+                client_traffic.append(_traffic_delta(now, counted))
                 counted = now
-                stats = _step_stats(t, step_reports, plan, pricing, client_puts, client_gets)
+                reports.append(step_reports)
+                bill = bill_steps(reports, [], memory, client_traffic, pricing)[t]
+                stats = _step_stats(t, step_reports, plan, bill, client_traffic[t])
                 stats = dataclasses.replace(stats, skipped=skipped)
-                if t == 0:
-                    stats = _add_cost(stats, pricing.invocation_cost(plan))
                 history.append(stats)
                 if log is not None:
                     log.write(stats)
-                reports.append(step_reports)
                 bar.set_postfix(
-                    loss=f"{stats.loss:.4f}",
-                    iter=f"{stats.iteration_s:.2f}s",
+                    loss=f"{history[-1].loss:.4f}",
+                    iter=f"{history[-1].iteration_s:.2f}s",
                     cost=f"${sum(h.cost_usd for h in history):.5f}",
                 )
                 bar.update(1)
         finals = monitor.wait_all(
             [keys.final_state(s) for s in range(plan.num_stages)], "final weights", raw=True
         )
+        lifetimes = monitor.wait_all(
+            [keys.lifetime(s, r) for s, r in invocations], "the functions' last records"
+        )
         for inv in invocations.values():
             monitor.join(inv)
+        # The last step also pays for the final upload and each function's rounding.
+        client_traffic[-1] = _add_traffic(
+            client_traffic[-1], _traffic_delta(shared.stats.snapshot(), counted)
+        )
+        bills = bill_steps(reports, lifetimes, memory, client_traffic, pricing)
+        history = [
+            _step_stats(t, r, plan, b, c)
+            for t, (r, b, c) in enumerate(zip(reports, bills, client_traffic, strict=True))
+        ]
+        startup = {
+            str(WorkerId(x["stage"], x["replica"])): x["ready_at"] - x["invoked_at"]
+            for x in lifetimes
+        }
         trained = copy.deepcopy(model)
         for stage, data in zip(plan.stages, finals, strict=True):
             trained[stage.start : stage.end].load_state_dict(load_tensors(data))
-        return TrainResult(trained, history, plan, job_id, reports)
+        totals = {k: sum(c.get(k, 0) for c in client_traffic) for k in _REQUEST_KINDS}
+        return TrainResult(trained, history, plan, job_id, reports, startup, lifetimes, totals)
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
 
 
@@ -351,13 +396,41 @@ def _make_platform(name: str) -> Platform:
     raise ConfigError(f"unknown platform {name!r}; available: 'local'")
 
 
-def _worker_target(
-    cfg: WorkerConfig, layers: nn.Module, loss_fn: LossFn, optimizer: OptimizerFactory
-) -> Callable[[], None]:
-    def target() -> None:
-        run_worker(cfg, layers, loss_fn, optimizer)
+def _emulates_link(platform: str | Platform) -> bool:
+    """The emulated storage link belongs to the local emulator only, never on a real cloud."""
+    from funcpipe.platforms.local import LocalPlatform
 
-    return target
+    return platform == "local" or isinstance(platform, LocalPlatform)
+
+
+def _put_stage_code(model: nn.Sequential, plan: Plan, shared: Storage) -> list[dict[str, Any]]:
+    """Each stage's layers as a skeleton for the payload, their tensors as safetensors in storage.
+
+    Tensors never travel pickled, and the functions never unpickle anything from storage.
+    """
+    refs = []
+    for s, stage in enumerate(plan.stages):
+        pickled, tensors = pack_object(model[stage.start : stage.end])
+        shared.put(keys.initial_weights(s), tensors)
+        refs.append(
+            {
+                "pickle": base64.b64encode(pickled).decode("ascii"),
+                "weights": keys.initial_weights(s),
+            }
+        )
+    return refs
+
+
+_REQUEST_KINDS = ("puts", "gets", "heads", "lists", "bulk_deletes", "deletes")
+
+
+def _traffic_delta(now: Any, before: Any) -> dict[str, float]:
+    a, b = now.as_dict(), before.as_dict()
+    return {k: a.get(k, 0) - b.get(k, 0) for k in _REQUEST_KINDS}
+
+
+def _add_traffic(x: dict[str, float], y: dict[str, float]) -> dict[str, float]:
+    return {k: x.get(k, 0) + y.get(k, 0) for k in _REQUEST_KINDS}
 
 
 def _split(value: Any, parts: int) -> list[Any]:
@@ -444,7 +517,9 @@ class _Monitor:
             reason=state.reason,
         )
 
-    def wait_all(self, wanted: list[str], what: str, *, raw: bool = False) -> list[Any]:
+    def wait_all(
+        self, wanted: list[str], what: str, *, raw: bool = False, grace_s: float = 0.0
+    ) -> list[Any]:
         """Read and delete every key in ``wanted`` once it exists; fail fast on a dead function.
 
         Only the first missing key is polled (keys tend to appear in order), which keeps the
@@ -452,7 +527,7 @@ class _Monitor:
         """
         found: list[Any] = []
         patience = self.timeout_s + 30
-        deadline = time.monotonic() + patience
+        deadline = time.monotonic() + patience + grace_s
         while len(found) < len(wanted):
             self.check_health()
             key = wanted[len(found)]
@@ -482,33 +557,25 @@ def _step_stats(
     t: int,
     reports: list[dict[str, Any]],
     plan: Plan,
-    pricing: Pricing,
-    client_puts: int = 0,
-    client_gets: int = 0,
+    bill: StepBill,
+    client: dict[str, float],
 ) -> StepStats:
     start = min(r["start"] for r in reports)
     end = max(r["end"] for r in reports)
     last = plan.num_stages - 1
     loss = sum(r["loss"] for r in reports if r["stage"] == last)
-    # Billed classes (storage.throttle.LinkStats): PUT, LIST and DeleteObjects at the PUT rate,
-    # GET (every poll of a wait included) and HEAD at the GET rate.
-    puts = client_puts + sum(
-        sum(r["traffic"].get(k, 0) for k in ("puts", "lists", "bulk_deletes")) for r in reports
+    requests = sum(client.values()) + sum(
+        r["traffic"].get(k, 0) for r in reports for k in _REQUEST_KINDS
     )
-    gets = client_gets + sum(
-        r["traffic"].get("gets", 0) + r["traffic"].get("heads", 0) for r in reports
-    )
-    cost = pricing.compute_cost(plan, end - start) + pricing.request_cost(puts, gets)
     return StepStats(
         step=t,
         loss=loss,
         iteration_s=end - start,
-        cost_usd=cost,
+        cost_usd=bill.total_usd,
         bytes_up=int(sum(r["traffic"].get("bytes_up", 0) for r in reports)),
         bytes_down=int(sum(r["traffic"].get("bytes_down", 0) for r in reports)),
-        requests=int(puts + gets),
+        requests=int(requests),
+        compute_usd=bill.compute_usd,
+        request_usd=bill.request_usd,
+        startup_usd=bill.startup_usd,
     )
-
-
-def _add_cost(stats: StepStats, extra: float) -> StepStats:
-    return StepStats(**{**stats.__dict__, "cost_usd": stats.cost_usd + extra})

@@ -1,4 +1,9 @@
-"""Serverless platforms: where a job's functions run (an interface and a local implementation)."""
+"""Serverless platforms: where a job's functions run (an interface and one file per platform)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from funcpipe.platforms.base import (
     FunctionSpec,
@@ -9,7 +14,11 @@ from funcpipe.platforms.base import (
     Status,
     set_activity,
 )
-from funcpipe.platforms.local import LAMBDA_CPU_PER_GB, LocalPlatform
+
+_LAZY = {
+    "LAMBDA_CPU_PER_GB": "funcpipe.platforms.local",
+    "LocalPlatform": "funcpipe.platforms.local",
+}
 
 __all__ = [
     "LAMBDA_CPU_PER_GB",
@@ -22,3 +31,11 @@ __all__ = [
     "Status",
     "set_activity",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name == "local":
+        return importlib.import_module("funcpipe.platforms.local")
+    raise AttributeError(f"module 'funcpipe.platforms' has no attribute {name!r}")

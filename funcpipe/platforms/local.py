@@ -1,26 +1,27 @@
-"""A serverless platform on one machine: each function is its own OS process with Lambda limits.
+"""A serverless platform on one machine: each function is a fresh interpreter with Lambda limits.
 
-Each function is a forked child of the caller (fork, so `target` closures holding modules and
-optimizers need no pickling). The child gets:
+Each function is a new Python process started from its payload alone (never a fork of the
+caller: a fork would inherit the caller's pages uncharged, its random state and, once the caller
+has run torch, a dead OpenMP pool that deadlocks the child's first parallel op). The process gets:
 
-* a **memory cap** of `memory_mb`. Preferred: a cgroup v1 memory controller group per function
-  (``<root>/memory/funcpipe/<pid>-<token>/<function>``); the kernel OOM-kills the process when it
-  goes over, like Lambda, and we report reason "memory" with the peak usage. A forked child shares
-  the pages the caller had already loaded (Python, torch); those are not charged to it, so the cap
-  applies to what the function allocates itself. Fallback where cgroups are not writable:
-  ``RLIMIT_AS`` = the child's address-space size at start + `memory_mb`. That caps growth of the
-  *address space*, which is coarser than resident memory (thread stacks and malloc arenas count),
-  and an allocation beyond it raises inside the function instead of killing it.
+* a **memory cap** of `memory_mb` covering what a Lambda's covers: interpreter, libraries,
+  weights, activations, buffers. Preferred: a cgroup v1 memory controller group per function,
+  entered before exec, so the kernel OOM-kills the process when its own pages pass the cap, plus
+  a watch on the resident set (shared library pages already cached by other processes are not
+  charged by the kernel, but a Lambda pays for them). Reported as reason "memory" with the peak.
+  Fallback where cgroups are not writable: ``RLIMIT_AS`` (address-space growth past the loaded
+  runtime) plus the same resident-set watch on growth.
 * a **CPU share** proportional to memory, like Lambda (about 1 vCPU per 1769 MB): a cgroup v1 CFS
   quota, or, as fallback, CPU affinity to ceil(share) cores. torch gets floor(share) threads (at
   least one) so it does not oversubscribe.
-* a **wall-clock limit** (`timeout_s`): an interval timer with the default SIGALRM action ends the
-  child even when it is stuck in C code, and the parent kills it if it is still there shortly after.
+* a **wall-clock limit** (`timeout_s`) counted from before exec, so start-up counts as on Lambda:
+  an interval timer with the default SIGALRM action ends it even in C code, and the parent kills
+  it if it is still there shortly after.
 
-The parent starts no threads (it is the caller's process and must stay safe to fork), so timeouts
-and results are observed whenever `state` or `join` is called. Cleanup is layered: `close()`, an
-atexit hook, SIGKILL on parent death (``PR_SET_PDEATHSIG``), and a sweep of cgroup folders left
-by dead callers when a new `LocalPlatform` starts.
+The parent starts no threads, so timeouts and results are observed whenever `state` or `join` is
+called. Cleanup is layered: `close()`, an atexit hook, SIGKILL on parent death
+(``PR_SET_PDEATHSIG``), and a sweep of cgroup folders left by dead callers when a new
+`LocalPlatform` starts.
 """
 
 from __future__ import annotations
@@ -36,13 +37,12 @@ import os
 import re
 import secrets
 import signal
+import subprocess
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.process import BaseProcess
 
 from funcpipe.errors import ConfigError, FuncPipeError
 from funcpipe.platforms.base import (
@@ -61,7 +61,12 @@ from funcpipe.platforms.cgroup_v1 import (
     was_oom_killed,
     write_value,
 )
-from funcpipe.platforms.local_child import ACT_SIZE, ChildSetup, child_main, read_activity
+from funcpipe.platforms.local_child import (
+    ACT_SIZE,
+    ChildSetup,
+    read_activity,
+    set_parent_death_signal,
+)
 
 __all__ = ["LAMBDA_CPU_PER_GB", "LocalPlatform"]
 
@@ -85,7 +90,7 @@ class _Run:
     """Parent-side bookkeeping of one invocation."""
 
     inv: Invocation
-    process: BaseProcess
+    process: _Process
     report_fd: int | None
     activity: mmap.mmap | None
     deadline: float
@@ -150,7 +155,6 @@ class LocalPlatform(Platform):
         self._owner_pid = os.getpid()
         self._token = f"{self._owner_pid}-{secrets.token_hex(4)}"
         self._host_cores = sorted(os.sched_getaffinity(0))
-        self._ctx = multiprocessing.get_context("fork")
         self._runs: dict[int, _Run] = {}
         self._lock = threading.RLock()  # a lock, not a thread: the caller may poll from threads
         self._closed = False
@@ -234,11 +238,14 @@ class LocalPlatform(Platform):
 
     # --- Platform API ------------------------------------------------------------------------
 
-    def start(self, spec: FunctionSpec, target: Callable[[], None]) -> Invocation:
+    def start(self, spec: FunctionSpec, payload: bytes) -> Invocation:
         if self._closed:
             raise FuncPipeError("this LocalPlatform is closed; create a new one to start functions")
-        if not callable(target):
-            raise ConfigError(f"function {spec.name!r}: target must be callable, got {target!r}")
+        if not isinstance(payload, bytes | bytearray):
+            raise ConfigError(
+                f"function {spec.name!r}: payload must be bytes (a function package's JSON, or "
+                f"funcpipe.runtime.function.call_payload(fn)), got {type(payload).__name__}"
+            )
         self.limits.check(spec)
         inv = Invocation.new(spec)
         with self._lock:
@@ -256,25 +263,42 @@ class LocalPlatform(Platform):
                     "cgroups"
                 ) from exc
             share = self.cpu_share(spec.memory_mb)
+            threads = max(1, math.floor(share)) if share else len(self._host_cores)
+            act_fd = os.memfd_create(f"funcpipe-activity-{inv.id}")
+            os.ftruncate(act_fd, ACT_SIZE)
+            act = mmap.mmap(act_fd, ACT_SIZE)
+            payload_fd = _payload_fd(payload, inv.id)
+            read_fd, write_fd = os.pipe()
             setup = ChildSetup(
                 name=spec.name,
                 memory_mb=spec.memory_mb,
                 timeout_s=float(spec.timeout_s),
-                mem_cgroup=mem_cg,
-                cpu_cgroup=cpu_cg,
                 rlimit=self.memory_mode == "rlimit",
+                watch_memory=self.memory_mode != "none",
                 cpu_cores=self._affinity_cores(share),
-                torch_threads=max(1, math.floor(share)) if share else len(self._host_cores),
-                parent_pid=os.getpid(),
-                kill_with_parent=self.kill_with_parent,
+                torch_threads=threads,
+                report_fd=write_fd,
+                activity_fd=act_fd,
+                payload_fd=payload_fd,
+                invoked_at=time.time(),
             )
-            act = mmap.mmap(-1, ACT_SIZE)
-            read_fd, write_fd = os.pipe()
-            process = self._ctx.Process(
-                target=child_main, args=(setup, target, write_fd, act), name=spec.name
-            )
+            env = {
+                **os.environ,
+                **{v: str(threads) for v in _THREAD_VARS},
+                # Code the user passes by reference (their own modules) resolves as in the client.
+                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            }
             try:
-                process.start()
+                process = _Process(
+                    [sys.executable, "-m", "funcpipe.platforms.local_child", setup.to_json()],
+                    env=env,
+                    pass_fds=(write_fd, act_fd, payload_fd),
+                    preexec_fn=_enter_sandbox(
+                        [cg for cg in (mem_cg, cpu_cg) if cg],
+                        spec.timeout_s,
+                        self.kill_with_parent,
+                    ),
+                )
             except BaseException:
                 os.close(read_fd)
                 os.close(write_fd)
@@ -283,10 +307,11 @@ class LocalPlatform(Platform):
                     if cg:
                         remove_cgroup(cg)
                 raise
+            finally:
+                os.close(act_fd)
+                os.close(payload_fd)
             os.close(write_fd)  # the child holds the only write end: EOF means it is gone
             os.set_blocking(read_fd, False)
-            with contextlib.suppress(OSError):
-                os.setpgid(process.pid, process.pid)  # also done by the child; whoever is first
             self._runs[inv.id] = _Run(
                 inv=inv,
                 process=process,
@@ -418,11 +443,74 @@ class LocalPlatform(Platform):
         peak = self._peak_mb(run)
         oom = run.mem_cgroup is not None and was_oom_killed(run.mem_cgroup)
         report = _parse_report(run.report_bytes)
-        if report.get("peak_mb") is not None and peak is None:
-            peak = float(report["peak_mb"])
+        if report.get("peak_mb") is not None:
+            peak = max(peak or 0.0, float(report["peak_mb"]))
         run.final = _classify(run, report, activity, peak, oom)
         _release(run)
         return run.final
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _payload_fd(payload: bytes, ident: int) -> int:
+    """The payload in an anonymous in-memory file the child reads from (no file left behind)."""
+    fd = os.memfd_create(f"funcpipe-payload-{ident}")
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _enter_sandbox(cgroups: list[str], timeout_s: float, kill_with_parent: bool):
+    """Runs in the child between fork and exec: everything from here on is charged and timed.
+
+    Only async-signal-safe-ish work (os calls, no locks): the client may have threads.
+    """
+    procs = [os.path.join(cg, "cgroup.procs").encode() for cg in cgroups]
+
+    def enter() -> None:
+        for path in procs:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")  # "0" = the writing process itself
+            finally:
+                os.close(fd)
+        os.setpgid(0, 0)  # own process group: kill takes grandchildren too, Ctrl-C stays with us
+        if kill_with_parent:
+            set_parent_death_signal()
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)  # kept across exec, like Lambda's clock
+
+    return enter
+
+
+class _Process:
+    """A started function process with the small surface the platform needs."""
+
+    def __init__(self, args: list[str], **kwargs: object) -> None:
+        self._popen = subprocess.Popen(args, close_fds=True, **kwargs)  # type: ignore[call-overload]
+        self.pid = self._popen.pid
+        self.sentinel = os.pidfd_open(self.pid)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._popen.poll()
+
+    def join(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout)
+
+    def kill(self) -> None:
+        if self._popen.poll() is None:
+            self._popen.kill()
+
+    def close(self) -> None:
+        if self.sentinel is not None:
+            os.close(self.sentinel)
+            self.sentinel = None  # type: ignore[assignment]
 
 
 def _parse_report(data: bytes) -> dict:

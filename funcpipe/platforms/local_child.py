@@ -1,6 +1,8 @@
-"""The function side of the local platform: what a forked child does before and around `target`.
+"""The function side of the local platform: a fresh interpreter that runs one payload.
 
-It applies the memory cap, CPU share and time limit to itself, runs the function, and reports
+The parent has already put the process in its cgroups and armed its time limit before exec, so
+the interpreter, its imports and everything the function loads count, as on Lambda. Here it
+applies what is left (address-space cap, CPU affinity), runs the payload, and reports
 the outcome to the parent as a small JSON message over a pipe (never pickled). Activity labels
 go through a shared mapping so the parent can still read the last one after a kill.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import mmap
 import os
@@ -17,6 +20,8 @@ import resource
 import signal
 import struct
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +29,6 @@ from dataclasses import dataclass
 from funcpipe.platforms import base
 from funcpipe.platforms.cgroup_v1 import (
     read_text,
-    write_value,
 )
 
 MAX_REPORT_BYTES = 60_000  # below the 64 KiB pipe buffer, so the child never blocks on its report
@@ -82,18 +86,22 @@ def read_activity(buf: mmap.mmap) -> str | None:
 
 @dataclass(frozen=True)
 class ChildSetup:
-    """Everything the child applies to itself before running the target."""
+    """What the new interpreter applies to itself before running the payload (sent as JSON)."""
 
     name: str
     memory_mb: int
     timeout_s: float
-    mem_cgroup: str | None
-    cpu_cgroup: str | None
     rlimit: bool
+    watch_memory: bool  # kill past the cap on resident set size (all modes but "none")
     cpu_cores: list[int] | None  # affinity fallback
     torch_threads: int
-    parent_pid: int
-    kill_with_parent: bool
+    report_fd: int
+    activity_fd: int
+    payload_fd: int
+    invoked_at: float  # wall clock when the parent started the process (cold start begins)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
 
 
 def _status_kb(field_name: str) -> int | None:
@@ -126,28 +134,20 @@ def _send_report(fd: int, report: dict) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _set_parent_death_signal(parent_pid: int) -> None:
+def set_parent_death_signal() -> None:
+    """SIGKILL this process when the thread that started it exits (survives exec)."""
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def _apply_limits(setup: ChildSetup) -> None:
-    """Enter cgroups first (before any allocation), then the rest of the sandbox."""
-    pid = os.getpid()
-    if setup.mem_cgroup:
-        write_value(os.path.join(setup.mem_cgroup, "cgroup.procs"), pid)
-    if setup.cpu_cgroup:
-        write_value(os.path.join(setup.cpu_cgroup, "cgroup.procs"), pid)
-    with contextlib.suppress(OSError):
-        os.setpgid(
-            0, 0
-        )  # own process group: kill takes grandchildren too, Ctrl-C stays with caller
-    if setup.kill_with_parent:
-        _set_parent_death_signal(setup.parent_pid)
+    """Limits the parent could not set before exec (cgroups, time limit and group are set)."""
     if setup.rlimit:
+        # An address-space cap cannot tell torch's huge virtual reservations from real use, so
+        # this fallback caps growth past the loaded runtime (cgroups cap the whole process).
+        import torch  # noqa: F401
+
         # glibc reserves 64 MB of address space per malloc arena (one per thread by default);
         # under an address-space cap that would starve a threaded function, so share two.
         with contextlib.suppress(OSError, AttributeError):
@@ -157,14 +157,8 @@ def _apply_limits(setup: ChildSetup) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     if setup.cpu_cores:
         os.sched_setaffinity(0, setup.cpu_cores)
-    threads = str(setup.torch_threads)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = threads
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(setup.torch_threads)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the caller's handler is not the function's
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)
-    signal.setitimer(signal.ITIMER_REAL, setup.timeout_s)
 
 
 def _is_memory_error(exc: BaseException, rlimit: bool) -> bool:
@@ -179,17 +173,60 @@ def _is_memory_error(exc: BaseException, rlimit: bool) -> bool:
     return rlimit and ("std::bad_alloc" in text or "can't start new thread" in text)
 
 
-def child_main(
-    setup: ChildSetup, target: Callable[[], None], report_fd: int, act: mmap.mmap
-) -> None:
-    """Body of the forked process; never returns (os._exit skips the caller's atexit hooks)."""
+_report_lock = threading.Lock()
+WATCH_INTERVAL_S = 0.01
+
+
+def _watch_memory(setup: ChildSetup, baseline_kb: int, report_fd: int) -> None:
+    """Kill this function once its resident set has passed its cap, as Lambda does.
+
+    The kernel's cgroup charges only pages this process faulted in first; shared libraries
+    already cached by other processes are not charged to it, yet a Lambda pays for them. The
+    high-water mark catches a spike that came and went between two samples.
+    """
+    cap_kb = setup.memory_mb * 1024
+    while True:
+        hwm = _status_kb("VmHWM")
+        if hwm is not None and hwm - baseline_kb > cap_kb:
+            with _report_lock:
+                _send_report(
+                    report_fd,
+                    {
+                        "kind": "memory",
+                        "peak_mb": hwm / 1024,
+                        "message": f"its resident set reached {hwm / 1024:.0f} MB "
+                        "(interpreter, libraries and data)",
+                    },
+                )
+                os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(WATCH_INTERVAL_S)
+
+
+def _read_payload(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Body of the function's fresh interpreter; never returns (os._exit skips atexit hooks)."""
+    setup = ChildSetup(**json.loads((argv or sys.argv)[1]))
     code = 1
     try:
+        act = mmap.mmap(setup.activity_fd, ACT_SIZE)
         try:
+            payload = _read_payload(setup.payload_fd)
             _apply_limits(setup)
+            baseline = (_status_kb("VmHWM") or 0) if setup.rlimit else 0
+            if setup.watch_memory:
+                threading.Thread(
+                    target=_watch_memory,
+                    args=(setup, baseline, setup.report_fd),
+                    name="memory-watch",
+                    daemon=True,
+                ).start()
         except BaseException as exc:  # noqa: BLE001 - any failure here must be reported, not raised
             _send_report(
-                report_fd,
+                setup.report_fd,
                 {
                     "kind": "setup",
                     "message": f"could not set up its sandbox: {exc!r}\n{traceback.format_exc()}",
@@ -197,10 +234,11 @@ def child_main(
             )
             return
         base._install_activity_sink(_activity_writer(act))
-        rss_start = _status_kb("VmRSS") or 0
         report: dict = {"kind": "ok"}
         try:
-            target()
+            from funcpipe.runtime.function import run
+
+            run(payload, allow_call=True, invoked_at=setup.invoked_at)
             code = 0
         except SystemExit as exc:
             if exc.code in (None, 0):
@@ -215,10 +253,15 @@ def child_main(
                 report["tried_bytes"] = int(match.group(1))
         hwm = _status_kb("VmHWM")
         if hwm is not None:
-            report["peak_mb"] = max(0, hwm - rss_start) / 1024
-        _send_report(report_fd, report)
+            report["peak_mb"] = hwm / 1024  # the whole process, interpreter included, as Lambda
+        with _report_lock:
+            _send_report(setup.report_fd, report)
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,12 +16,15 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from funcpipe import codec
 from funcpipe.errors import StorageTimeout
 from funcpipe.platforms.base import set_activity
 from funcpipe.runtime import keys
 from funcpipe.runtime.collectives import all_reduce
 from funcpipe.runtime.schedule import Action, Lane, Op, WorkerId, channel, local_deps
+from funcpipe.runtime.seeds import forward_seed
 from funcpipe.runtime.stage import StageRunner
 from funcpipe.storage.base import Storage
 
@@ -64,8 +67,10 @@ class Executor:
         sync_algorithm: str = "pipelined",
         overlap: bool = True,
         eval_actions: list[Action] | None = None,
+        seed: int | None = None,
     ) -> None:
         self.worker = worker
+        self.seed = seed  # None: leave the random state alone (single-process tests)
         self.actions = actions
         self.eval_actions = eval_actions or []
         # What each compute action waits for: the schedule's one dependency rule.
@@ -176,6 +181,8 @@ class Executor:
         if a.op is Op.FORWARD:
             value, _ = inputs[Op.LOAD_INPUT if runner.is_first else Op.RECV_ACT]
             set_activity(f"forward mb {b}, step {step}")
+            if self.seed is not None:
+                torch.manual_seed(forward_seed(self.seed, step, s, b))
             t0 = time.time()
             out = runner.forward(b, value)
             produced[Action(Op.SEND_ACT, s, b)] = out

@@ -51,3 +51,22 @@ def eval_transfer(boundary: int, ch: Channel) -> str:
 def eval_report(boundary: int, stage: int, replica: int) -> str:
     """A last-stage function's validation scores after ``boundary`` steps."""
     return f"eval{boundary}/report/s{stage}r{replica}"
+
+
+def generation_prefix(generation: int) -> str:
+    """Namespace of one generation of the job's functions, inside the job's namespace.
+
+    A relaunch starts a new generation; a late write from a function of an older one lands in
+    its own namespace and can never be read as a live one.
+    """
+    return f"g{generation}/"
+
+
+def initial_weights(stage: int) -> str:
+    """A stage's starting tensors (safetensors), written by the client before launch."""
+    return f"package/s{stage}.safetensors"
+
+
+def lifetime(stage: int, replica: int) -> str:
+    """A function's last record: when it was invoked, ready and done, and its total traffic."""
+    return f"lifetime/s{stage}r{replica}"

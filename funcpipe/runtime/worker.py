@@ -1,14 +1,16 @@
-"""The body of one function: open its storage link, run every step, report, hand back the weights.
+"""The body of one function: load its package, run its steps, report, hand back the weights.
 
-Everything a function needs arrives in a :class:`WorkerConfig` (plain, JSON-able data) plus the
-stage's layers, loss function and optimizer factory, so a cloud backend only has to ship those.
+Everything arrives in a :class:`~funcpipe.runtime.package.FunctionPackage` (plain data) whose
+code references are resolved here, inside the function: the stage's layers are a skeleton from
+the invocation payload filled with weights read from the job's storage as safetensors.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass, field
+import time
+from typing import Any
 
 from safetensors.torch import save as save_tensors
 from torch import nn
@@ -16,97 +18,112 @@ from torch import nn
 from funcpipe.planning.plan import Plan
 from funcpipe.runtime import keys
 from funcpipe.runtime.executor import Executor
+from funcpipe.runtime.package import FunctionPackage, resolve
 from funcpipe.runtime.schedule import WorkerId, build_schedule
-from funcpipe.runtime.stage import LossFn, OptimizerFactory, StageRunner
+from funcpipe.runtime.stage import StageRunner
 from funcpipe.storage import open_storage
+from funcpipe.storage.base import Storage
 from funcpipe.storage.prefixed import PrefixedStorage
 from funcpipe.storage.throttle import LinkConfig, ThrottledStorage
 
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    job_id: str
-    storage_url: str = field(repr=False)  # may carry a password; never printed
-    plan_json: str
-    stage: int
-    replica: int
-    steps: int
-    timeout_s: float
-    link: LinkConfig
-    sync_algorithm: str = "pipelined"
-    overlap: bool = True
-
-    @property
-    def worker(self) -> WorkerId:
-        return WorkerId(self.stage, self.replica)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
+__all__ = ["load_layers", "run_package"]
 
 
-def run_worker(
-    cfg: WorkerConfig, layers: nn.Module, loss_fn: LossFn, optimizer: OptimizerFactory
-) -> None:
-    """Train ``layers`` (this function's stage) for ``cfg.steps`` steps."""
-    plan = Plan.from_json(cfg.plan_json)
-    s = cfg.stage
+def load_layers(pkg: FunctionPackage, shared: Storage) -> nn.Module:
+    """The stage's layers: the skeleton from the payload, tensors from the job's storage."""
+    ref = pkg.code["layers"]
+    weights = shared.get(ref["weights"]) if "weights" in ref else None
+    layers = resolve(ref, weights)
+    if not isinstance(layers, nn.Module):
+        raise TypeError(f"the layers of stage {pkg.stage} are a {type(layers).__name__}")
+    return layers
+
+
+def run_package(pkg: FunctionPackage, *, invoked_at: float | None = None) -> dict[str, Any]:
+    """Train this function's stage for steps ``first_step .. end_step - 1``; return its summary."""
+    invoked_at = time.time() if invoked_at is None else invoked_at
+    plan = Plan.from_json(json.dumps(pkg.plan))
+    s, worker = pkg.stage, WorkerId(pkg.stage, pkg.replica)
     with contextlib.ExitStack() as stack:
-        inner = open_storage(cfg.storage_url, deadline_s=cfg.timeout_s)
+        inner = open_storage(pkg.storage_url, deadline_s=pkg.timeout_s)
         stack.callback(inner.close)  # the wrappers below do not close what they wrap
-        link = ThrottledStorage(inner, cfg.link)
-        storage = PrefixedStorage(link, keys.job_prefix(cfg.job_id))
+        link = ThrottledStorage(
+            inner, LinkConfig(**pkg.link) if pkg.link else LinkConfig(enabled=False)
+        )
+        shared = PrefixedStorage(link, keys.job_prefix(pkg.job_id))
+        storage = PrefixedStorage(shared, keys.generation_prefix(pkg.generation))
+        layers = load_layers(pkg, shared)
         runner = StageRunner(
             layers,
             stage=s,
             is_first=s == 0,
             is_last=s == plan.num_stages - 1,
-            loss_fn=loss_fn,
-            optimizer=optimizer,
+            loss_fn=resolve(pkg.code["loss"]),
+            optimizer=resolve(pkg.code["optimizer"]),
         )
         executor = Executor(
-            cfg.worker,
-            build_schedule(plan)[cfg.worker],
+            worker,
+            build_schedule(plan)[worker],
             runner,
             storage,
             replicas=plan.stages[s].replicas,
-            timeout_s=cfg.timeout_s,
-            sync_algorithm=cfg.sync_algorithm,
-            overlap=cfg.overlap,
+            timeout_s=pkg.timeout_s,
+            sync_algorithm=pkg.sync_algorithm,
+            overlap=pkg.overlap,
+            seed=pkg.seed,
         )
         layers.train()
+        ready_at = time.time()
         try:
-            _train_steps(cfg, executor, link, storage, layers)
+            for step in range(pkg.first_step, pkg.end_step):
+                _run_step(pkg, step, executor, link, storage, invoked_at, ready_at)
         except BaseException:
             executor.close(wait=False)  # a lane may be blocked waiting for a failed peer
             raise
         executor.close()
+        if pkg.replica == 0 and pkg.end_step == pkg.settings.get("total_steps", pkg.end_step):
+            state = {k: v.detach().clone().contiguous() for k, v in layers.state_dict().items()}
+            storage.put(keys.final_state(s), save_tensors(state))
+        # Written last, so the bill covers the whole life: start-up, every step, the last upload.
+        summary = {
+            "stage": s,
+            "replica": pkg.replica,
+            "invoked_at": invoked_at,
+            "ready_at": ready_at,
+            "end": time.time(),
+            "traffic": link.stats.as_dict(),
+        }
+        summary["traffic"]["puts"] += 1  # this very put
+        storage.put(keys.lifetime(s, pkg.replica), json.dumps(summary).encode())
+        return summary
+    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
 
 
-def _train_steps(
-    cfg: WorkerConfig,
+def _run_step(
+    pkg: FunctionPackage,
+    step: int,
     executor: Executor,
     link: ThrottledStorage,
-    storage: PrefixedStorage,
-    layers: nn.Module,
+    storage: Storage,
+    invoked_at: float,
+    ready_at: float,
 ) -> None:
-    s = cfg.stage
-    for step in range(cfg.steps):
-        before = link.stats.snapshot().as_dict()
-        trace = executor.run_step(step)
-        after = link.stats.as_dict()
-        report = {
-            "step": step,
-            "stage": s,
-            "replica": cfg.replica,
-            "start": trace.start,
-            "end": trace.end,
-            "loss": trace.loss,
-            "skipped": trace.skipped,
-            "nonfinite": trace.nonfinite,
-            "spans": trace.spans,
-            "traffic": {k: after[k] - before[k] for k in after},
-        }
-        storage.put(keys.report(step, s, cfg.replica), json.dumps(report).encode())
-    if cfg.replica == 0:
-        state = {k: v.detach().clone().contiguous() for k, v in layers.state_dict().items()}
-        storage.put(keys.final_state(s), save_tensors(state))
+    before = link.stats.snapshot().as_dict()
+    trace = executor.run_step(step)
+    after = link.stats.as_dict()
+    report = {
+        "step": step,
+        "stage": pkg.stage,
+        "replica": pkg.replica,
+        "invoked_at": invoked_at,
+        "ready_at": ready_at,
+        "start": trace.start,
+        "end": trace.end,
+        "loss": trace.loss,
+        "skipped": trace.skipped,
+        "nonfinite": trace.nonfinite,
+        "spans": trace.spans,
+        "traffic": {k: after[k] - before[k] for k in after},
+    }
+    report["traffic"]["puts"] += 1  # the report itself
+    storage.put(keys.report(step, pkg.stage, pkg.replica), json.dumps(report).encode())

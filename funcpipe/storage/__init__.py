@@ -61,14 +61,19 @@ def register_backend(scheme: str, factory: Factory) -> None:
 
 
 def default_local_root() -> Path:
-    """FUNCPIPE_STORAGE_DIR, else a folder in /dev/shm (RAM, fastest), else in the temp dir."""
+    """FUNCPIPE_STORAGE_DIR, else a folder in the user's cache directory (on disk).
+
+    Not /dev/shm: the kernel charges what a function writes to RAM-backed files to the writer's
+    memory cap, so storage would count as the function's memory (a Lambda's storage never does).
+    Page cache of an on-disk file is reclaimable and never ends a function.
+    """
     env = os.environ.get("FUNCPIPE_STORAGE_DIR")
     if env:
         return Path(env)
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm / "funcpipe-storage"
-    return Path(tempfile.gettempdir()) / "funcpipe-storage"
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if os.path.isdir(os.path.dirname(cache)) or os.path.isdir(cache):
+        return Path(cache) / "funcpipe" / "storage"
+    return Path(tempfile.gettempdir()) / f"funcpipe-storage-{os.getuid()}"
 
 
 def _local_from_url(url: str, **options: object) -> Storage:

@@ -20,9 +20,10 @@ CLIENT = textwrap.dedent(
     """
     import sys, time
     from funcpipe.platforms import FunctionSpec, LocalPlatform
+    from funcpipe.runtime.function import call_payload
 
     p = LocalPlatform()
-    inv = p.start(FunctionSpec("orphan", 256, 60), lambda: time.sleep(60))
+    inv = p.start(FunctionSpec("orphan", 256, 60), call_payload(lambda: time.sleep(60)))
     pid = p._runs[inv.id].process.pid
     print(pid, *p._group_dirs.values(), flush=True)
     if sys.argv[1] == "interrupt":

@@ -55,7 +55,9 @@ class FunctionPackage:
     """
 
     job_id: str
-    storage_url: str  # never carries a password: credentials come from env / provider chains
+    # Credentials belong in the environment / provider chains (FUNCPIPE_REDIS_PASSWORD, AWS's
+    # chain), not here; a URL that carries one anyway is never shown in a repr.
+    storage_url: str = field(repr=False)
     plan: dict[str, Any]
     stage: int
     replica: int

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from funcpipe.errors import ConfigError, StorageError
-from funcpipe.runtime.worker import WorkerConfig
-from funcpipe.storage import LinkConfig, RetryPolicy, open_storage, redact_url
+from funcpipe.runtime.package import FunctionPackage
+from funcpipe.storage import RetryPolicy, open_storage, redact_url
 from funcpipe.storage.redis_store import from_url
 
 SECRET = "s3cret-pw"
@@ -36,10 +36,20 @@ def test_bad_redis_urls_never_echo_the_password(url: str, options: dict) -> None
     assert SECRET not in str(err.value)
 
 
-def test_worker_config_repr_hides_the_storage_url() -> None:
-    cfg = WorkerConfig(job_id="j", storage_url=f"redis://:{SECRET}@h:1/0", plan_json="{}",
-                       stage=0, replica=0, steps=1, timeout_s=1.0, link=LinkConfig())  # fmt: skip
-    assert SECRET not in repr(cfg)
+def test_function_package_repr_hides_the_storage_url() -> None:
+    pkg = FunctionPackage(
+        job_id="j",
+        storage_url=f"redis://:{SECRET}@h:1/0",
+        plan={},
+        stage=0,
+        replica=0,
+        first_step=0,
+        end_step=1,
+        seed=0,
+        timeout_s=1.0,
+        code={},
+    )
+    assert SECRET not in repr(pkg)
 
 
 def test_a_server_that_never_answers_fails_the_request(tmp_path) -> None:

@@ -527,7 +527,8 @@ class _Monitor:
         """
         found: list[Any] = []
         patience = self.timeout_s + 30
-        deadline = time.monotonic() + patience + grace_s
+        since = time.monotonic()
+        deadline = since + patience + grace_s
         while len(found) < len(wanted):
             self.check_health()
             key = wanted[len(found)]
@@ -535,12 +536,13 @@ class _Monitor:
                 data = self.jobs.get(key)
                 self.jobs.delete(key)
                 found.append(data if raw else json.loads(data))
-                deadline = time.monotonic() + patience
+                since = time.monotonic()
+                deadline = since + patience
             elif time.monotonic() > deadline:
                 missing = ", ".join(wanted[len(found) :])
                 raise StorageTimeout(
-                    f"no progress on {what} for {patience:.0f} s; still waiting for {missing}. "
-                    "Raise timeout_s if steps are this slow."
+                    f"no progress on {what} for {time.monotonic() - since:.0f} s; still waiting "
+                    f"for {missing}. Raise timeout_s if steps are this slow."
                 )
             else:
                 time.sleep(self.POLL_S)

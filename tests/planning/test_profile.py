@@ -29,6 +29,9 @@ def test_profile_measures_every_layer(cnn_profile: Profile) -> None:
     # a ReLU saves its output; a conv its input
     assert p.saved_bytes(1, 4) == p.activation_bytes(1, 4)
     assert p.working_bytes(2, 4) >= p.saved_bytes(2, 4) > 0
+    # a transfer's CPU cost grows with its size; a poll costs a little CPU
+    assert 0 < p.transfer_cpu_s(1000) < p.transfer_cpu_s(10_000_000)
+    assert 0 < p.poll_s < 0.01
 
 
 def test_cpu_share_scaling(cnn_profile: Profile) -> None:

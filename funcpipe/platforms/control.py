@@ -262,6 +262,35 @@ def restore_payload(node: Any, shared: Storage) -> Any:
 
 # --- the function's side -------------------------------------------------------------------------
 
+#: The job's manifest (written by its client, deleted with the job's keys); checked every this
+#: many abort polls, so a function whose job is gone stops even if its abort key went with it.
+MANIFEST_KEY = "manifest"
+MANIFEST_EVERY = 5
+
+
+class StopRule:
+    """Why a function should stop now, from its storage: its abort key, or its job deleted.
+
+    The client deletes the job's keys right after cancelling, possibly before a function saw its
+    abort key; so a function also stops once the job's manifest, seen before, is gone.
+    """
+
+    def __init__(self, shared: Storage, abort_key: str) -> None:
+        self.shared, self.abort_key = shared, abort_key
+        self._polls = 0
+        self._seen_manifest = False
+
+    def check(self) -> str | None:
+        if self.shared.exists(self.abort_key):
+            return "cancelled"
+        self._polls += 1
+        if self._polls % MANIFEST_EVERY == 1:
+            if self.shared.exists(MANIFEST_KEY):
+                self._seen_manifest = True
+            elif self._seen_manifest:
+                return "job deleted"
+        return None
+
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory (Linux reports KiB)."""
@@ -298,6 +327,7 @@ class FunctionGuard:
         self.started_at, self.memory_mb = started_at, memory_mb
         self.remaining_s, self.stop = remaining_s, stop or _exit_now
         self.heartbeat_s, self.abort_poll_s = heartbeat_s, abort_poll_s
+        self._rule = StopRule(shared, keys.abort)
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._final = False
@@ -343,8 +373,13 @@ class FunctionGuard:
         next_beat = time.monotonic() + self.heartbeat_s
         while not self._done.wait(self.abort_poll_s):
             try:
-                if self.shared.exists(self.keys.abort):
-                    self._end("cancelled", "cancelled", "the client aborted the function")
+                why = self._rule.check()
+                if why is not None:
+                    # No record: the client already knows, and the job's keys may be gone.
+                    with self._lock:
+                        self._final = True
+                    self._done.set()
+                    self.stop(why)
                     return
                 if self.remaining_s is not None and self.remaining_s() < 2 * self.abort_poll_s:
                     self._end("failed", "timeout", "the function ran out of time")
@@ -389,12 +424,14 @@ def watch_abort(
     """Poll ``key`` in a daemon thread and call ``stop`` once it appears; set the event to end."""
     done = threading.Event()
     stop = stop or _exit_now
+    rule = StopRule(shared, key)
 
     def watch() -> None:
         while not done.wait(poll_s):
             try:
-                if shared.exists(key):
-                    stop("cancelled")
+                why = rule.check()
+                if why is not None:
+                    stop(why)
                     return
             except Exception as exc:  # storage hiccup: the next round tries again
                 print(f"funcpipe: abort key check failed: {exc}", file=sys.stderr)

@@ -139,13 +139,14 @@ def test_guard_records_the_traceback_of_a_failure(tmp_path) -> None:
     assert "Traceback" in rec["error"] and "ValueError: bad layer shapes" in rec["error"]
 
 
-@pytest.mark.parametrize("why", ["abort", "deadline"])
-def test_guard_stops_the_function_on_abort_or_deadline(tmp_path, why) -> None:
+@pytest.mark.parametrize("why", ["abort", "job deleted", "deadline"])
+def test_guard_stops_the_function(tmp_path, why) -> None:
     shared = open_storage(f"local://{tmp_path}")
+    shared.put(control.MANIFEST_KEY, b"{}")  # the client's manifest of the job
     keys = control.ControlKeys(0, 0, 0)
     stopped = threading.Event()
     reasons: list[str] = []
-    end = time.monotonic() + (30 if why == "abort" else 0.3)
+    end = time.monotonic() + (0.3 if why == "deadline" else 30)
     guard = control.FunctionGuard(
         shared,
         keys,
@@ -156,13 +157,29 @@ def test_guard_stops_the_function_on_abort_or_deadline(tmp_path, why) -> None:
         abort_poll_s=0.02,
     )
     guard.start()
+    time.sleep(0.1)  # the guard has seen the manifest
     if why == "abort":
         shared.put(keys.abort, b"{}")
+    elif why == "job deleted":  # the abort key went with the job's keys before it was seen
+        shared.delete_prefix("")
     assert stopped.wait(5)
-    rec = json.loads(shared.get(keys.status))
-    if why == "abort":
-        assert reasons == ["cancelled"] and rec["state"] == "cancelled"
-    else:
-        assert reasons == ["timeout"] and (rec["state"], rec["reason"]) == ("failed", "timeout")
     guard.finish(RuntimeError("interrupted"))  # what the stopped function raises: ignored
-    assert json.loads(shared.get(keys.status))["state"] == rec["state"]
+    if why == "deadline":
+        rec = json.loads(shared.get(keys.status))
+        assert reasons == ["timeout"] and (rec["state"], rec["reason"]) == ("failed", "timeout")
+    else:
+        assert reasons == ["cancelled" if why == "abort" else "job deleted"]
+        # No record after an abort: the client knows, and the job's keys may be gone.
+        assert why == "abort" or shared.list("") == []
+
+
+def test_abort_watch_of_a_lithops_call(tmp_path) -> None:
+    shared = open_storage(f"local://{tmp_path}")
+    stopped: list[str] = []
+    done = control.watch_abort(shared, "control/g0/s0r0/abort", poll_s=0.02, stop=stopped.append)
+    time.sleep(0.1)
+    assert stopped == []
+    shared.put("control/g0/s0r0/abort", b"{}")
+    time.sleep(0.2)
+    assert stopped == ["cancelled"]
+    done.set()

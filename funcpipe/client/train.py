@@ -121,7 +121,7 @@ def train(
     loss_fn: LossFn,
     *,
     optimizer: OptimizerFactory,
-    batches: Iterable[Batch],
+    batches: Iterable[Batch] | None = None,
     plan: Plan,
     steps: int | None = None,
     platform: str | Platform = "local",
@@ -137,6 +137,8 @@ def train(
     on_nonfinite: str = "raise",
     log_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
+    data: dict[str, Any] | None = None,
+    batch_size: int | None = None,
 ) -> TrainResult:
     """Train ``model`` with ``plan`` for ``steps`` steps, one global batch from ``batches`` each.
 
@@ -155,6 +157,11 @@ def train(
     differs between micro-batches and a run repeats exactly, whatever the number of replicas.
     ``link`` defaults to the emulated Lambda link on the local platform and to no emulation on a
     real cloud, whose link is real.
+    ``data`` (a data ref from :func:`funcpipe.data.upload_dataset` or ``funcpipe data upload``,
+    uploaded to the same ``storage``) replaces ``batches``: the first and last stages' functions
+    then read their own micro-batches of ``batch_size`` samples from storage, and the client
+    leaves the data path (step t reads the t-th batch in stored order, see
+    :mod:`funcpipe.data.stored`).
     The input model is left untouched; ``result.model`` is a trained copy.
     """
     if not isinstance(model, nn.Sequential):
@@ -170,8 +177,16 @@ def train(
         raise ConfigError(f"sync_algorithm must be 'naive' or 'pipelined', got {sync_algorithm!r}")
     if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
         raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    steps = _resolve_steps(steps, batches)
-    check_list_batches(batches, plan, steps)
+    if data is not None:
+        steps = _check_stored_data(data, batches, batch_size, steps, plan)
+    elif batches is None:
+        raise ConfigError(
+            "pass batches=[(inputs, targets), ...] (fed by the client) or data=<data ref> "
+            "(read from storage by the functions)"
+        )
+    else:
+        steps = _resolve_steps(steps, batches)
+        check_list_batches(batches, plan, steps)
     on_nonfinite = check_on_nonfinite(on_nonfinite)
     schedule = build_schedule(plan)
     check_schedule(schedule)
@@ -210,7 +225,7 @@ def train(
         cleanup.enter_context(_sigterm_as_interrupt())
         log = cleanup.enter_context(HistoryLog(log_dir)) if log_dir is not None else None
 
-        feeder = _Feeder(iter(batches), plan, jobs, steps)
+        feeder = _Feeder(iter(batches or ()), plan, jobs, 0 if data is not None else steps)
         # Data for the first two steps is in storage before any function starts.
         counted = shared.stats.snapshot()
         feeder.feed(0)
@@ -234,6 +249,15 @@ def train(
                     sync_algorithm=sync_algorithm,
                     overlap=overlap,
                     settings={"total_steps": steps},
+                    data=(
+                        None
+                        if data is None
+                        else {
+                            "ref": data,
+                            "batch_size": batch_size,
+                            "micro_batches": plan.micro_batches,
+                        }
+                    ),
                 )
                 spec = FunctionSpec(pkg.name, stage.memory_mb, function_timeout_s)
                 invocations[WorkerId(s, r)] = plat.start(spec, pkg.to_json().encode())
@@ -343,6 +367,31 @@ def _check_no_shared_parameters(model: nn.Sequential, plan: Plan) -> None:
                         "copies: keep both layers in one stage, or untie the weights "
                         "(e.g. tie_weights=False for funcpipe.models BERT)"
                     )
+
+
+def _check_stored_data(
+    data: dict[str, Any],
+    batches: Any,
+    batch_size: int | None,
+    steps: int | None,
+    plan: Plan,
+) -> int:
+    """Validate a data ref and its batch size up front; return the number of steps."""
+    from funcpipe.data.stored import micro_batch_range
+
+    if batches is not None:
+        raise ConfigError("pass either batches (fed by the client) or data (in storage), not both")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(
+            f"data= needs batch_size=<samples per step> (a positive integer), got {batch_size!r}"
+        )
+    plan.check_batch(batch_size)
+    micro_batch_range(data, 0, 0, batch_size=batch_size, micro_batches=plan.micro_batches)
+    if steps is None:
+        steps = int(data["samples"]) // batch_size  # one epoch
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+    return steps
 
 
 def _resolve_steps(steps: int | None, batches: Iterable[Batch]) -> int:

@@ -68,8 +68,12 @@ class Executor:
         overlap: bool = True,
         eval_actions: list[Action] | None = None,
         seed: int | None = None,
+        loader: Callable[[int, Action], tuple[Any, dict[str, str]]] | None = None,
     ) -> None:
         self.worker = worker
+        # Reads this function's own inputs/targets of a training step from a data set in
+        # storage; None: the client feeds them.
+        self.loader = loader
         self.seed = seed  # None: leave the random state alone (single-process tests)
         self.actions = actions
         self.eval_actions = eval_actions or []
@@ -248,6 +252,10 @@ class Executor:
         self, step: int, a: Action, trace: StepTrace, evaluate: bool = False
     ) -> tuple[Any, dict[str, str]]:
         t0 = time.time()
+        if self.loader is not None and not evaluate and a.op in (Op.LOAD_INPUT, Op.LOAD_TARGET):
+            value, meta = self.loader(step, a)
+            trace.record(a, t0, time.time())
+            return value, meta
         ch = channel(a)
         if evaluate:  # validation data stays for the next pass; activations are read once
             key, once = keys.eval_transfer(step, ch), ch.kind not in ("input", "target")

@@ -19,7 +19,7 @@ from funcpipe.planning.plan import Plan
 from funcpipe.runtime import keys
 from funcpipe.runtime.executor import Executor
 from funcpipe.runtime.package import FunctionPackage, resolve
-from funcpipe.runtime.schedule import WorkerId, build_schedule
+from funcpipe.runtime.schedule import Action, Op, WorkerId, build_schedule
 from funcpipe.runtime.stage import StageRunner
 from funcpipe.storage import open_storage
 from funcpipe.storage.base import Storage
@@ -71,6 +71,7 @@ def run_package(pkg: FunctionPackage, *, invoked_at: float | None = None) -> dic
             sync_algorithm=pkg.sync_algorithm,
             overlap=pkg.overlap,
             seed=pkg.seed,
+            loader=_data_loader(pkg, link) if pkg.data is not None else None,
         )
         layers.train()
         ready_at = time.time()
@@ -127,3 +128,31 @@ def _run_step(
     }
     report["traffic"]["puts"] += 1  # the report itself
     storage.put(keys.report(step, pkg.stage, pkg.replica), json.dumps(report).encode())
+
+
+def _data_loader(pkg: FunctionPackage, root: Storage):
+    """This function's own micro-batches, read from a data set in storage (no client feeding).
+
+    A one-stage function needs both inputs and targets of a micro-batch: one read serves both.
+    """
+    from funcpipe.data.stored import read_micro_batch
+
+    data = pkg.data or {}
+    ref, batch_size, micro = data["ref"], int(data["batch_size"]), int(data["micro_batches"])
+    cache: dict[tuple[int, int], tuple[Any, Any]] = {}
+
+    def load(step: int, action: Action) -> tuple[Any, dict[str, str]]:
+        b = int(action.micro_batch or 0)
+        pair = cache.pop((step, b), None)
+        if pair is None:
+            pair = read_micro_batch(
+                root, ref, step, b, batch_size=batch_size, micro_batches=micro, seed=pkg.seed
+            )
+            if pkg.stage == 0 and pkg.stage == len(pkg.plan["stages"]) - 1:
+                cache[(step, b)] = pair  # the other of LOAD_INPUT / LOAD_TARGET comes next
+        if action.op is Op.LOAD_INPUT:
+            return pair[0], {}
+        weight = int(pair[1].shape[0]) / batch_size
+        return pair[1], {"weight": repr(weight)}
+
+    return load

@@ -225,7 +225,9 @@ def train(
         cleanup.enter_context(_sigterm_as_interrupt())
         log = cleanup.enter_context(HistoryLog(log_dir)) if log_dir is not None else None
 
-        feeder = _Feeder(iter(batches or ()), plan, jobs, 0 if data is not None else steps)
+        # `batches or ()` would ask an endless Batches (the CLI's) for its length.
+        source = iter(batches) if batches is not None else iter(())
+        feeder = _Feeder(source, plan, jobs, 0 if data is not None else steps)
         # Data for the first two steps is in storage before any function starts.
         counted = shared.stats.snapshot()
         feeder.feed(0)

@@ -194,3 +194,32 @@ def test_schedule_checks_a_plan_file(tmp_path) -> None:
     result = CliRunner().invoke(cli, ["schedule", "--plan", str(plan)])
     assert result.exit_code == 0, result.output
     assert "stage0-replica1" in result.output and "no deadlock" in result.output
+
+
+def test_train_on_a_data_set_in_storage(tmp_path, monkeypatch) -> None:
+    """`funcpipe data upload`, then `funcpipe train --stored-data`: the client feeds nothing."""
+    import torch
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("FUNCPIPE_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "toy.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_file({"inputs": torch.randn(64, 3, 32, 32, generator=g),
+               "targets": torch.randint(0, 10, (64,), generator=g)}, str(source))  # fmt: skip
+    store = f"local://{tmp_path / 'store'}"
+    up = CliRunner().invoke(
+        cli, ["data", "upload", str(source), "--storage", store, "--name", "toy"]
+    )
+    assert up.exit_code == 0, up.output
+    out = tmp_path / "history.json"
+    result = CliRunner().invoke(
+        cli,
+        ["train", "--steps", "3", "--batch-size", "16", "--storage", store, "--stored-data", "toy",
+         "--latency-ms", "0", "--json-out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "read by the functions from data set 'toy'" in result.output
+    assert "cold start" in result.output and "start-up $" in result.output
+    assert len(json.loads(out.read_text())["history"]) == 3
+    missing = CliRunner().invoke(cli, ["train", "--storage", store, "--stored-data", "nope"])
+    assert missing.exit_code != 0 and "funcpipe data upload" in missing.output

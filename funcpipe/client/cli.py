@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import torch
 
-from funcpipe.client.demo import DEMO_MODEL, make_job, model_names
+from funcpipe.client.demo import DEMO_MODEL, eval_batches, make_job, model_names
 from funcpipe.client.deploy import deploy_cmd
 from funcpipe.client.jobs import LIVE_WINDOW_S
 from funcpipe.client.pricing import AWS_LAMBDA
@@ -150,6 +150,39 @@ def _check_writable(path: Path | None, option: str = "--json-out") -> None:
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    help="checkpoint every K steps, so a failure loses at most K steps and `funcpipe resume` "
+    "can continue the job after this client dies",
+)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=1),
+    help="validate every K steps and after the last (CIFAR-10's test batch, or Wikitext-2's "
+    "validation split for BERT): loss and accuracy in the table and the progress bar",
+)
+@click.option(
+    "--eval-samples",
+    type=click.IntRange(min=1),
+    help="validate on the first N samples only [default: the whole split]",
+)
+@click.option(
+    "--function-timeout",
+    default=900.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="each function's lifetime limit in seconds; longer jobs hand over to new functions",
+)
+@click.option(
+    "--max-restarts",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="failed functions replaced (rolling back to the last checkpoint) before giving up",
+)
+@click.option("--job-id", help="name of the job in storage [default: random]")
+@click.option("--resume", "resume_job", is_flag=True, hidden=True)  # set by `funcpipe resume`
+@click.option(
     "--json-out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="write the per-step history as JSON here",
@@ -196,8 +229,17 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
               data_dir: str | None, storage: str, bandwidth: float, latency_ms: float,
               no_throttle: bool, sync: str, timeout: float, seed: int, json_out: Path | None,
               trace_out: Path | None, save_to: Path | None, log_dir: Path | None,
-              platform: str, stored_data: str | None, on_nonfinite: str) -> None:  # fmt: skip
+              platform: str, stored_data: str | None, on_nonfinite: str,
+              checkpoint_every: int | None = None, eval_every: int | None = None,
+              eval_samples: int | None = None, function_timeout: float = 900.0,
+              max_restarts: int = 3, job_id: str | None = None,
+              resume_job: bool = False) -> None:  # fmt: skip
     """Train a model on local emulated functions (default: a small CNN on CIFAR-10 data)."""
+    # Everything `funcpipe resume` needs to rebuild this job, kept with the job (no storage URL,
+    # no output paths).
+    options = {k: v for k, v in locals().items()
+               if k not in ("json_out", "trace_out", "save_to", "log_dir", "storage",
+                            "plan_file", "job_id", "resume_job")}  # fmt: skip
     _check_writable(json_out)
     _check_writable(trace_out, "--trace")
     _check_writable(save_to, "--save")
@@ -205,6 +247,7 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
     plan = _plan(plan_file, len(job.model), stages, replicas, memory_mb, micro_batches)
     plan.check_model(len(job.model))  # before printing the stages, so no wrong plan is shown
     plan.check_batch(batch_size)
+    options["plan"] = json.loads(plan.to_json())
     # The emulated link belongs to local functions; a cloud's functions have a real one.
     emulate = platform == "local" and not no_throttle
     link = LinkConfig(up_mb_s=bandwidth, down_mb_s=bandwidth, latency_s=latency_ms / 1000,
@@ -222,15 +265,34 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
                    f"({data_ref['samples']} samples)")  # fmt: skip
     click.echo(f"pipeline  {plan.micro_batches} micro-batches of a {batch_size}-sample batch; "
                f"links {links}")  # fmt: skip
+    evals = None
+    if eval_every:
+        evals, note = eval_batches(model_name, batch_size=batch_size, data_dir=data_dir,
+                                   samples=eval_samples)  # fmt: skip
+        click.echo(f"validate  every {eval_every} steps on {note}")
     result = train(job.model, job.loss_fn, optimizer=OPTIMIZERS[optimizer](lr),
                    batches=None if data_ref else job.batches, data=data_ref,
                    batch_size=batch_size if data_ref else None, platform=platform,
                    plan=plan, steps=steps, storage=storage, link=link,
                    timeout_s=timeout, sync_algorithm=sync,
-                   on_nonfinite=on_nonfinite, log_dir=log_dir)  # fmt: skip
-    click.echo(f"{'step':>5} {'loss':>9} {'iter s':>8} {'cost $':>10}")
+                   on_nonfinite=on_nonfinite, log_dir=log_dir, seed=seed,
+                   checkpoint_every=checkpoint_every, eval_batches=evals, eval_every=eval_every,
+                   function_timeout_s=function_timeout, max_restarts=max_restarts,
+                   job_id=job_id, resume=job_id if resume_job else None,
+                   metadata={"cli": options})  # fmt: skip
+    if resume_job:
+        click.echo(f"resumed   job {job_id} at step {result.history[0].step}")
+    for r in result.recoveries:
+        click.echo(f"relaunch  {r.kind}: {r.message.splitlines()[0]} -> generation "
+                   f"{r.generation} from step {r.resumed_from}")  # fmt: skip
+    click.echo(f"{'step':>5} {'loss':>9} {'iter s':>8} {'cost $':>10}"
+               + (f" {'val loss':>9} {'val acc':>8}" if eval_every else ""))  # fmt: skip
     for h in result.history:
-        click.echo(f"{h.step:>5} {h.loss:>9.4f} {h.iteration_s:>8.3f} {h.cost_usd:>10.6f}")
+        line = f"{h.step:>5} {h.loss:>9.4f} {h.iteration_s:>8.3f} {h.cost_usd:>10.6f}"
+        if h.val_loss is not None:
+            acc = "" if h.val_accuracy is None else f"{h.val_accuracy:.3f}"
+            line += f" {h.val_loss:>9.4f} {acc:>8}"
+        click.echo(line)
     first, last = result.history[0].loss, result.history[-1].loss
     mean_iter = sum(h.iteration_s for h in result.history) / len(result.history)
     click.echo(f"loss {first:.4f} -> {last:.4f}; mean iteration {mean_iter:.3f} s; "
@@ -252,6 +314,50 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
     if trace_out is not None:
         trace_out.write_text(json.dumps(chrome_trace(result.reports)))
         click.echo(f"trace     {trace_out} (open in chrome://tracing or ui.perfetto.dev)")
+
+
+@cli.command("resume")
+@click.argument("job_id")
+@click.option("--storage", default="local", show_default=True,
+              help="the storage URL the job ran with")  # fmt: skip
+@click.option(
+    "--json-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write the per-step history (of the resumed steps) as JSON here",
+)
+@click.option(
+    "--save",
+    "save_to",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write the trained parameters here (safetensors)",
+)
+@click.pass_context
+def resume_cmd(ctx: click.Context, job_id: str, storage: str, json_out: Path | None,
+               save_to: Path | None) -> None:  # fmt: skip
+    """Continue a `funcpipe train` job whose client died, from its last checkpoint."""
+    import tempfile
+
+    from funcpipe.client.jobs import validate_job_id
+    from funcpipe.client.resume import read_job_config
+    from funcpipe.runtime import keys
+    from funcpipe.storage import open_storage
+    from funcpipe.storage.prefixed import PrefixedStorage
+
+    validate_job_id(job_id)
+    with open_storage(storage) as root:
+        config = read_job_config(PrefixedStorage(root, keys.job_prefix(job_id)), job_id)
+    options = dict(config.get("metadata", {}).get("cli") or {})
+    if not options:
+        raise click.ClickException(
+            f"job {job_id!r} was not started by `funcpipe train`: resume it from Python with "
+            "funcpipe.train(..., resume=JOB) and the same model, data and plan"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        plan_file = Path(tmp) / "plan.json"
+        plan_file.write_text(json.dumps(options.pop("plan")))
+        ctx.invoke(train_cmd, **options, plan_file=plan_file, storage=storage, json_out=json_out,
+                   trace_out=None, save_to=save_to, log_dir=None, job_id=job_id,
+                   resume_job=True)  # fmt: skip
 
 
 def _stored_data_ref(storage: str, name: str) -> dict:

@@ -87,6 +87,40 @@ def make_job(name: str, *, batch_size: int, data_dir: str | None, seed: int) -> 
     return Job(model, loss_fn, batches, note)
 
 
+def eval_batches(
+    name: str, *, batch_size: int, data_dir: str | None, samples: int | None = None
+) -> tuple[list[Batch], str]:
+    """Validation batches for the model called ``name``, in order, never shuffled.
+
+    Image models use CIFAR-10's test batch (``test_batch.bin``), masked language models
+    Wikitext-2's validation split (masked with a fixed seed, so every pass scores the same
+    tokens). ``samples`` keeps only the first ones (None: the whole split).
+    """
+    kind = "image" if name == DEMO_MODEL else models.kind_of(name)
+    if kind == "mlm":
+        model = models.build(name)
+        vocab = next(m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding))
+        where, note = _data_location(data_dir, "wikitext-2", write_synthetic_wikitext2,
+                                     "Wikitext-2")  # fmt: skip
+        data = WikiText2.load(where, "valid", seq_len=16, vocab_size=vocab)
+        split = f"{note}, validation split"
+    else:
+        where, note = _data_location(data_dir, "cifar10", write_synthetic_cifar10, "CIFAR-10")
+        data = Cifar10.load(where, "test")  # type: ignore[assignment]
+        split = f"{note}, test batch"
+    n = len(data) if samples is None else min(samples, len(data))
+    size = min(batch_size, n)
+    out = list(data.batches(size, seed=0, shuffle=False, epochs=1, drop_last=False))
+    kept, total = [], 0
+    for x, y in out:
+        if total >= n:
+            break
+        take = min(n - total, y.shape[0])
+        kept.append((x[:take], y[:take]))
+        total += take
+    return kept, f"{split} ({total} samples)"
+
+
 def _cifar10_batches(
     batch_size: int, data_dir: str | None, seed: int
 ) -> tuple[Iterable[Batch], str]:

@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -41,12 +40,15 @@ from funcpipe.client.hygiene import (
     nonfinite_step,
 )
 from funcpipe.client.jobs import Heartbeat, new_job_id, validate_job_id
+from funcpipe.client.manager import FunctionManager, Recovery, Replay
 from funcpipe.client.pricing import AWS_LAMBDA, Pricing
-from funcpipe.errors import ConfigError, FunctionFailed, MemoryExceeded, StorageTimeout
+from funcpipe.client.resume import find_resume_point, write_job_config
+from funcpipe.errors import ConfigError
 from funcpipe.planning.plan import Plan
-from funcpipe.platforms.base import FunctionSpec, Invocation, Platform, Status
+from funcpipe.platforms.base import Platform
 from funcpipe.runtime import keys
 from funcpipe.runtime.check import check_schedule
+from funcpipe.runtime.lifecycle import eval_due
 from funcpipe.runtime.package import FunctionPackage, inline_ref, pack_object
 from funcpipe.runtime.schedule import Channel, WorkerId, build_schedule
 from funcpipe.runtime.stage import LossFn, OptimizerFactory
@@ -59,7 +61,7 @@ Batch = tuple[Any, Any]
 # Extra patience for the first step: every function starts a fresh interpreter and imports torch
 # (seconds each; many at once on a small machine share its cores). A function that dies while
 # starting is still noticed at once through the platform.
-STARTUP_GRACE_S = 120.0
+STARTUP_GRACE_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class StepStats:
     compute_usd: float = 0.0  # functions' GB-seconds after start-up
     request_usd: float = 0.0  # every storage request, polls and the client's included
     startup_usd: float = 0.0  # cold starts' GB-seconds and invocation fees (step 0 only)
+    val_loss: float | None = None  # validation loss after this step's update, when evaluated
+    val_accuracy: float | None = None  # its accuracy, where the task has one
 
 
 @dataclass
@@ -92,6 +96,10 @@ class TrainResult:
     # request counts: everything the bill is computed from.
     functions: list[dict[str, Any]] = field(default_factory=list, repr=False)
     client_requests: dict[str, float] = field(default_factory=dict)
+    # Every relaunch: planned ones past the time limit and recoveries from failures.
+    recoveries: list[Recovery] = field(default_factory=list)
+    # Each complete checkpoint: (its step, seconds its slowest piece took to write).
+    checkpoints: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def total_cost_usd(self) -> float:
@@ -139,6 +147,13 @@ def train(
     seed: int = 0,
     data: dict[str, Any] | None = None,
     batch_size: int | None = None,
+    checkpoint_every: int | None = None,
+    resume: str | None = None,
+    eval_batches: Iterable[Batch] | None = None,
+    eval_every: int | None = None,
+    max_restarts: int = 3,
+    heartbeat_s: float = 2.0,
+    metadata: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` with ``plan`` for ``steps`` steps, one global batch from ``batches`` each.
 
@@ -163,6 +178,17 @@ def train(
     leaves the data path (step t reads the t-th batch in stored order, see
     :mod:`funcpipe.data.stored`).
     The input model is left untouched; ``result.model`` is a trained copy.
+
+    Reliability (docs/reliability.md): ``checkpoint_every=k`` checkpoints every k steps; functions
+    also checkpoint and hand over to a new generation before ``function_timeout_s``, so a job of
+    any length runs. A function that crashes, is lost or stops beating for five ``heartbeat_s``
+    is replaced and the job rolls back to its last complete checkpoint, at most ``max_restarts``
+    times. ``resume=JOB`` continues a job whose client died, from its last checkpoint (pass the
+    same model, loss, optimizer, batches and plan; the stored weights win). ``metadata`` is
+    JSON-able data kept with the job for whoever resumes it.
+    ``eval_batches`` with ``eval_every=k`` runs a forward-only validation pass through the same
+    pipeline after every k steps and after the last: ``val_loss`` (and ``val_accuracy`` where the
+    task has one) in ``result.history`` and the progress bar.
     """
     if not isinstance(model, nn.Sequential):
         raise ConfigError(
@@ -187,6 +213,20 @@ def train(
     else:
         steps = _resolve_steps(steps, batches)
         check_list_batches(batches, plan, steps)
+    for name, value in (("checkpoint_every", checkpoint_every), ("eval_every", eval_every)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 1):  # fmt: skip
+            raise ConfigError(f"{name} must be a positive integer number of steps or None, "
+                              f"got {value!r}")  # fmt: skip
+    if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
+        raise ConfigError(f"max_restarts must be an integer >= 0, got {max_restarts!r}")
+    if not (isinstance(heartbeat_s, int | float) and math.isfinite(heartbeat_s)
+            and heartbeat_s > 0):  # fmt: skip
+        raise ConfigError(f"heartbeat_s must be a positive number of seconds, got {heartbeat_s!r}")
+    if resume is not None:
+        if job_id is not None and job_id != resume:
+            raise ConfigError(f"job_id={job_id!r} and resume={resume!r} differ: pass only resume")
+        job_id = resume
     on_nonfinite = check_on_nonfinite(on_nonfinite)
     schedule = build_schedule(plan)
     check_schedule(schedule)
@@ -206,43 +246,59 @@ def train(
                 "s3://"
             )
         prefix = keys.job_prefix(job_id)
-        if root.list(prefix):
-            raise ConfigError(
-                f"storage already holds objects under {prefix!r}: job_id {job_id!r} is in use or "
-                "was left by a killed run; pick another job_id, or remove a dead job's keys with "
-                f"`funcpipe clean --job {job_id}`"
-            )
         # The client's own requests (data, reports, weights) are priced too: count them.
         shared = ThrottledStorage(PrefixedStorage(root, prefix), LinkConfig(enabled=False))
+        point = None
+        if resume is not None:
+            point = find_resume_point(shared, job_id, plan, heartbeat_s=heartbeat_s)
+        elif root.list(prefix):
+            raise ConfigError(
+                f"storage already holds objects under {prefix!r}: job_id {job_id!r} is in use or "
+                "was left by a killed run; pick another job_id, `funcpipe resume` it, or remove a "
+                f"dead job's keys with `funcpipe clean --job {job_id}`"
+            )
         cleanup.callback(_delete_job, root, prefix)
-        cleanup.enter_context(Heartbeat(root, job_id))
-        jobs = PrefixedStorage(shared, keys.generation_prefix(0))
+        cleanup.enter_context(Heartbeat(root, job_id, period_s=heartbeat_s))
         plat = _make_platform(platform) if isinstance(platform, str) else platform
         if isinstance(platform, str):
             cleanup.callback(plat.close)
-        invocations: dict[WorkerId, Invocation] = {}
-        cleanup.callback(lambda: [plat.cancel(inv) for inv in invocations.values()])
         cleanup.enter_context(_sigterm_as_interrupt())
         log = cleanup.enter_context(HistoryLog(log_dir)) if log_dir is not None else None
+        if point is None:
+            write_job_config(shared, {
+                "plan": json.loads(plan.to_json()), "steps": steps, "seed": seed,
+                "checkpoint_every": checkpoint_every, "heartbeat_s": heartbeat_s,
+                "eval_every": eval_every, "metadata": metadata or {},
+            })  # fmt: skip
+        first_step = point.first_step if point else 0
+        if first_step >= steps:
+            raise ConfigError(
+                f"job {job_id!r} has a checkpoint of step {first_step}, at or past steps={steps}: "
+                "nothing is left to train"
+            )
+        layer_refs = _put_stage_code(model, plan, shared, keep_existing=point is not None)
+        settings: dict[str, Any] = {"client_deadline_s": 10 * heartbeat_s}
+        eval_scale = _put_eval_data(eval_batches, plan, shared) if eval_every else None
+        if eval_scale:
+            settings["eval"] = {"every": eval_every, "micro_batches": eval_scale[0]}
+        # An endless Batches (the CLI's) has no length; stored data needs no feeding at all.
+        replay = Replay(batches if batches is not None else (), first_step)
+        if point is not None and point.checkpoint is not None:
+            replay.release_before(first_step)
+        feeder = _Feeder(replay, plan, 0 if data is not None else steps)
+        memory = {(s, r): st.memory_mb for s, st in enumerate(plan.stages)
+                  for r in range(st.replicas)}  # fmt: skip
 
-        # `batches or ()` would ask an endless Batches (the CLI's) for its length.
-        source = iter(batches) if batches is not None else iter(())
-        feeder = _Feeder(source, plan, jobs, 0 if data is not None else steps)
-        # Data for the first two steps is in storage before any function starts.
-        counted = shared.stats.snapshot()
-        feeder.feed(0)
-        feeder.feed(1)
-        layer_refs = _put_stage_code(model, plan, shared)
-        memory: dict[tuple[int, int], int] = {}
-        for s, stage in enumerate(plan.stages):
-            for r in range(stage.replicas):
-                pkg = FunctionPackage(
+        def payload(s: int, r: int, gen: int, first: int, extra: dict[str, Any]) -> bytes:
+            return (
+                FunctionPackage(
                     job_id=job_id,
                     storage_url=storage,
                     plan=json.loads(plan.to_json()),
                     stage=s,
                     replica=r,
-                    first_step=0,
+                    generation=gen,
+                    first_step=first,
                     end_step=steps,
                     seed=seed,
                     timeout_s=timeout_s,
@@ -250,7 +306,7 @@ def train(
                     link=dataclasses.asdict(link) if link is not None else None,
                     sync_algorithm=sync_algorithm,
                     overlap=overlap,
-                    settings={"total_steps": steps},
+                    settings=extra,
                     data=(
                         None
                         if data is None
@@ -261,57 +317,89 @@ def train(
                         }
                     ),
                 )
-                spec = FunctionSpec(pkg.name, stage.memory_mb, function_timeout_s)
-                invocations[WorkerId(s, r)] = plat.start(spec, pkg.to_json().encode())
-                memory[(s, r)] = stage.memory_mb
+                .to_json()
+                .encode()
+            )
 
-        monitor = _Monitor(plat, invocations, plan, jobs, timeout_s)
-        history: list[StepStats] = []
+        manager = FunctionManager(
+            platform=plat,
+            plan=plan,
+            shared=shared,
+            make_payload=payload,
+            feed=feeder.feed,
+            total_steps=steps,
+            timeout_s=timeout_s,
+            function_timeout_s=function_timeout_s,
+            heartbeat_s=heartbeat_s,
+            heartbeat_deadline_s=5 * heartbeat_s,
+            # A function that has not begun its first step: patience up to its own time limit
+            # (a slow cold start on a busy host is not a hang; the platform ends it at its limit).
+            startup_deadline_s=min(function_timeout_s, max(STARTUP_GRACE_S, 5 * heartbeat_s)),
+            max_restarts=max_restarts,
+            checkpoint_every=checkpoint_every,
+            settings=settings,
+            first_generation=point.first_generation if point else 0,
+        )
+        cleanup.callback(manager.cancel_all)
+        counted = shared.stats.snapshot()
         reports: list[list[dict[str, Any]]] = []
+        made_by: list[int] = []  # the generation that ran each step
         client_traffic: list[dict[str, float]] = []
-        with tqdm(total=steps, desc="training", unit="step", disable=not progress) as bar:
-            for t in range(steps):
-                step_reports = monitor.wait_all(
-                    [keys.report(t, s, r) for s, r in invocations],
-                    f"step {t}",
-                    grace_s=STARTUP_GRACE_S if t == 0 else 0.0,
-                )
-                skipped = nonfinite_step(t, step_reports, on_nonfinite)
-                feeder.feed(t + 2)
-                # The client's requests since the last step (data it fed, reports it polled).
+        evals: dict[int, tuple[float, float | None]] = {}
+        skipped: list[bool] = []
+        logged = first_step - 1
+        with tqdm(total=steps, initial=first_step, desc="training", unit="step",
+                  disable=not progress) as bar:  # fmt: skip
+
+            def on_reports(t: int, step_reports: list[dict[str, Any]]) -> None:
+                nonlocal counted, logged
+                i = t - first_step
+                if i < len(reports):  # rolled back: these steps are redone
+                    del reports[i:], made_by[i:], client_traffic[i:], skipped[i:]
+                    bar.n = t
+                skipped.append(nonfinite_step(t, step_reports, on_nonfinite))
                 now = shared.stats.snapshot()
                 client_traffic.append(_traffic_delta(now, counted))
                 counted = now
                 reports.append(step_reports)
-                bill = bill_steps(reports, [], memory, client_traffic, pricing)[t]
-                stats = _step_stats(t, step_reports, plan, bill, client_traffic[t])
-                stats = dataclasses.replace(stats, skipped=skipped)
-                history.append(stats)
-                if log is not None:
-                    log.write(stats)
-                bar.set_postfix(
-                    loss=f"{history[-1].loss:.4f}",
-                    iter=f"{history[-1].iteration_s:.2f}s",
-                    cost=f"${sum(h.cost_usd for h in history):.5f}",
-                )
+                made_by.append(manager.gen.number)  # type: ignore[union-attr]
+                if log is not None and t > logged:  # a redone step is logged once
+                    bill = bill_steps(reports[-1:], [], memory, client_traffic[-1:], pricing)[0]
+                    stats = _step_stats(t, step_reports, plan, bill, client_traffic[-1])
+                    log.write(dataclasses.replace(stats, skipped=skipped[-1]))
+                    logged = t
+                bar.set_postfix(_postfix(reports, plan, evals), refresh=False)
                 bar.update(1)
-        finals = monitor.wait_all(
-            [keys.final_state(s) for s in range(plan.num_stages)], "final weights", raw=True
+
+            def on_eval(t: int, scores: list[dict[str, Any]]) -> None:
+                loss = sum(x["loss"] for x in scores)
+                counted_ = sum(x["counted"] for x in scores)
+                acc = sum(x["correct"] for x in scores) / counted_ if counted_ else None
+                evals[t] = (loss, acc)
+                bar.set_postfix(_postfix(reports, plan, evals))
+
+            finals = manager.run(
+                first_step,
+                point.checkpoint if point else None,
+                on_reports,
+                on_eval=on_eval if eval_scale else None,
+                eval_due=lambda b: eval_due(b, eval_every, steps),
+                on_checkpoint=lambda c: replay.release_before(c.step),
+            )
+        gen = manager.gen
+        assert gen is not None
+        lifetimes = manager.wait_keys(
+            [keys.lifetime(s, r) for s, r in manager.functions], "the functions' last records"
         )
-        lifetimes = monitor.wait_all(
-            [keys.lifetime(s, r) for s, r in invocations], "the functions' last records"
-        )
-        for inv in invocations.values():
-            monitor.join(inv)
+        gen.lifetimes.extend(lifetimes)
+        for inv in gen.invocations.values():
+            manager.platform.join(inv, timeout=timeout_s)
         # The last step also pays for the final upload and each function's rounding.
         client_traffic[-1] = _add_traffic(
             client_traffic[-1], _traffic_delta(shared.stats.snapshot(), counted)
         )
-        bills = bill_steps(reports, lifetimes, memory, client_traffic, pricing)
-        history = [
-            _step_stats(t, r, plan, b, c)
-            for t, (r, b, c) in enumerate(zip(reports, bills, client_traffic, strict=True))
-        ]
+        history = _history(reports, made_by, manager, memory, client_traffic, pricing, plan,
+                           first_step, evals, skipped)  # fmt: skip
         startup = {
             str(WorkerId(x["stage"], x["replica"])): x["ready_at"] - x["invoked_at"]
             for x in lifetimes
@@ -320,7 +408,10 @@ def train(
         for stage, data in zip(plan.stages, finals, strict=True):
             trained[stage.start : stage.end].load_state_dict(load_tensors(data))
         totals = {k: sum(c.get(k, 0) for c in client_traffic) for k in _REQUEST_KINDS}
-        return TrainResult(trained, history, plan, job_id, reports, startup, lifetimes, totals)
+        lives = [x for g in manager.generations for x in g.lifetimes]
+        return TrainResult(trained, history, plan, job_id, reports, startup, lives, totals,
+                           recoveries=manager.recoveries,
+                           checkpoints=manager.checkpoint_writes)  # fmt: skip
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
 
 
@@ -454,7 +545,9 @@ def _emulates_link(platform: str | Platform) -> bool:
     return platform == "local" or isinstance(platform, LocalPlatform)
 
 
-def _put_stage_code(model: nn.Sequential, plan: Plan, shared: Storage) -> list[dict[str, Any]]:
+def _put_stage_code(
+    model: nn.Sequential, plan: Plan, shared: Storage, *, keep_existing: bool = False
+) -> list[dict[str, Any]]:
     """Each stage's layers as a skeleton for the payload, their tensors as safetensors in storage.
 
     Tensors never travel pickled, and the functions never unpickle anything from storage.
@@ -462,7 +555,8 @@ def _put_stage_code(model: nn.Sequential, plan: Plan, shared: Storage) -> list[d
     refs = []
     for s, stage in enumerate(plan.stages):
         pickled, tensors = pack_object(model[stage.start : stage.end])
-        shared.put(keys.initial_weights(s), tensors)
+        if not (keep_existing and shared.exists(keys.initial_weights(s))):  # resumed: the job's own
+            shared.put(keys.initial_weights(s), tensors)
         refs.append(
             {
                 "pickle": base64.b64encode(pickled).decode("ascii"),
@@ -494,116 +588,108 @@ def _split(value: Any, parts: int) -> list[Any]:
 class _Feeder:
     """Puts one step's micro-batches (inputs for stage 0, targets for the last stage) in storage."""
 
-    def __init__(self, it: Iterator[Batch], plan: Plan, jobs: Storage, steps: int) -> None:
-        self.it, self.plan, self.jobs, self.steps = it, plan, jobs, steps
+    def __init__(self, replay: Replay, plan: Plan, steps: int) -> None:
+        self.replay, self.plan, self.steps = replay, plan, steps
 
-    def feed(self, step: int) -> None:
+    def feed(self, store: Storage, step: int) -> None:
         if step >= self.steps:
             return
-        try:
-            batch = next(self.it)
-        except StopIteration:
-            raise ConfigError(
-                f"batches ran out after {step} steps but steps={self.steps}: "
-                "pass more batches or fewer steps"
-            ) from None
+        batch = self.replay.get(step)
         n = check_batch(batch, step, self.plan)
         inputs, targets = batch
         m = self.plan.micro_batches
         for b, (x, y) in enumerate(zip(_split(inputs, m), _split(targets, m), strict=True)):
             size = batch_size(x, "micro-batch")
-            self.jobs.put(keys.transfer(step, Channel("input", -1, b)), codec.encode(x))
-            self.jobs.put(
+            store.put(keys.transfer(step, Channel("input", -1, b)), codec.encode(x))
+            store.put(
                 keys.transfer(step, Channel("target", -1, b)),
                 codec.encode(y, {"weight": repr(size / n)}),
             )
 
 
-class _Monitor:
-    """Waits for keys while watching every function, so a dead one fails the job at once."""
+def _put_eval_data(
+    eval_batches: Iterable[Batch] | None, plan: Plan, shared: Storage
+) -> tuple[int, int]:
+    """Validation micro-batches into the job's storage, once; returns (micro-batches, samples).
 
-    POLL_S = 0.05  # the client is not on the critical path: data is fed two steps ahead
-
-    def __init__(
-        self,
-        platform: Platform,
-        invocations: dict[WorkerId, Invocation],
-        plan: Plan,
-        jobs: Storage,
-        timeout_s: float,
-    ) -> None:
-        self.platform, self.invocations, self.plan = platform, invocations, plan
-        self.jobs, self.timeout_s = jobs, timeout_s
-
-    def check_health(self) -> None:
-        for worker, inv in self.invocations.items():
-            state = self.platform.state(inv)
-            if state.status in (Status.FAILED, Status.CANCELLED):
-                raise self._failure(worker, state)
-
-    def _failure(self, worker: WorkerId, state: Any) -> FunctionFailed:
-        s = worker.stage
-        stage = self.plan.stages[s]
-        where = f"function '{worker}' (stage {s}, replica {worker.replica})"
-        if state.reason == "memory":
-            # The platform's message names the function, its cap, peak and activity; add the
-            # plan-level fix.
-            return MemoryExceeded(
-                f"{where}: {state.message}\nfix: it needs more than {stage.memory_mb} MB; raise "
-                f"stages[{s}].memory_mb, or shrink its share of the work (more micro-batches, "
-                "fewer layers in the stage)",
-                function=str(worker),
-                reason="memory",
-            )
-        hint = ""
-        if state.reason == "timeout":
-            hint = (
-                "\nfix: a function lives at most its platform's time limit (900 s on Lambda) "
-                "and resuming a job from a checkpoint is not supported yet; train fewer steps "
-                "per job, or shorten each step (more replicas, smaller batches)"
-            )
-        return FunctionFailed(
-            f"{where} failed ({state.reason}): {state.message}{hint}",
-            function=str(worker),
-            reason=state.reason,
+    Each batch is split like a training batch; each micro-batch's loss is weighted by its share
+    of all samples, so the pass reports the mean over the whole validation set.
+    """
+    if eval_batches is None:
+        raise ConfigError(
+            "eval_every is set but eval_batches is not: pass eval_batches=[(inputs, targets), ...]"
         )
+    items = list(eval_batches)
+    if not items:
+        raise ConfigError("eval_batches is empty: pass at least one (inputs, targets) batch")
+    pieces = []
+    for i, batch in enumerate(items):
+        if not (isinstance(batch, tuple | list) and len(batch) == 2):
+            raise ConfigError("each item of eval_batches must be an (inputs, targets) pair")
+        n = batch_size(batch[0], f"inputs of eval batch {i}")
+        if batch_size(batch[1], f"targets of eval batch {i}") != n:
+            raise ConfigError(f"eval batch {i}: inputs and targets have different batch sizes")
+        parts = min(plan.micro_batches, n)
+        pieces += list(zip(_split(batch[0], parts), _split(batch[1], parts), strict=True))
+    total = sum(batch_size(x, "micro-batch") for x, _ in pieces)
+    for b, (x, y) in enumerate(pieces):
+        size = batch_size(x, "micro-batch")
+        shared.put(keys.eval_transfer(0, Channel("input", -1, b)), codec.encode(x))
+        shared.put(
+            keys.eval_transfer(0, Channel("target", -1, b)),
+            codec.encode(y, {"weight": repr(size / total)}),
+        )
+    return len(pieces), total
 
-    def wait_all(
-        self, wanted: list[str], what: str, *, raw: bool = False, grace_s: float = 0.0
-    ) -> list[Any]:
-        """Read and delete every key in ``wanted`` once it exists; fail fast on a dead function.
 
-        Only the first missing key is polled (keys tend to appear in order), which keeps the
-        number of billable requests per poll at one.
-        """
-        found: list[Any] = []
-        patience = self.timeout_s + 30
-        since = time.monotonic()
-        deadline = since + patience + grace_s
-        while len(found) < len(wanted):
-            self.check_health()
-            key = wanted[len(found)]
-            if self.jobs.exists(key):
-                data = self.jobs.get(key)
-                self.jobs.delete(key)
-                found.append(data if raw else json.loads(data))
-                since = time.monotonic()
-                deadline = since + patience
-            elif time.monotonic() > deadline:
-                missing = ", ".join(wanted[len(found) :])
-                raise StorageTimeout(
-                    f"no progress on {what} for {time.monotonic() - since:.0f} s; still waiting "
-                    f"for {missing}. Raise timeout_s if steps are this slow."
-                )
-            else:
-                time.sleep(self.POLL_S)
-        return found
+def _postfix(
+    reports: list[list[dict[str, Any]]], plan: Plan, evals: dict[int, tuple[float, float | None]]
+) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if reports:
+        last = plan.num_stages - 1
+        out["loss"] = f"{sum(r['loss'] for r in reports[-1] if r['stage'] == last):.4f}"
+        step = reports[-1]
+        out["iter"] = f"{max(r['end'] for r in step) - min(r['start'] for r in step):.2f}s"
+    if evals:
+        loss, acc = evals[max(evals)]
+        out["val_loss"] = f"{loss:.4f}"
+        if acc is not None:
+            out["val_acc"] = f"{acc:.3f}"
+    return out
 
-    def join(self, inv: Invocation) -> None:
-        state = self.platform.join(inv, timeout=self.timeout_s)
-        if state.status is not Status.SUCCEEDED:
-            worker = next(w for w, i in self.invocations.items() if i is inv)
-            raise self._failure(worker, state)
+
+def _history(
+    reports: list[list[dict[str, Any]]],
+    made_by: list[int],
+    manager: FunctionManager,
+    memory: dict[tuple[int, int], int],
+    client_traffic: list[dict[str, float]],
+    pricing: Pricing,
+    plan: Plan,
+    first_step: int,
+    evals: dict[int, tuple[float, float | None]],
+    skipped: list[bool],
+) -> list[StepStats]:
+    """Each step's stats, billed per generation (each one's functions have their own lives)."""
+    lives = {g.number: g.lifetimes for g in manager.generations}
+    history: list[StepStats] = []
+    i = 0
+    while i < len(reports):
+        j = i
+        while j < len(reports) and made_by[j] == made_by[i]:
+            j += 1
+        bills = bill_steps(reports[i:j], lives.get(made_by[i], []), memory,
+                           client_traffic[i:j], pricing)  # fmt: skip
+        for k in range(i, j):
+            t = first_step + k
+            stats = _step_stats(t, reports[k], plan, bills[k - i], client_traffic[k])
+            stats = dataclasses.replace(stats, skipped=skipped[k])
+            if t in evals:
+                stats = dataclasses.replace(stats, val_loss=evals[t][0], val_accuracy=evals[t][1])
+            history.append(stats)
+        i = j
+    return history
 
 
 def _step_stats(

@@ -69,6 +69,7 @@ class Executor:
         eval_actions: list[Action] | None = None,
         seed: int | None = None,
         loader: Callable[[int, Action], tuple[Any, dict[str, str]]] | None = None,
+        data_storage: Storage | None = None,
     ) -> None:
         self.worker = worker
         # Reads this function's own inputs/targets of a training step from a data set in
@@ -82,6 +83,8 @@ class Executor:
             walk: {a: local_deps(a, acts) for a in acts if a.lane is Lane.COMPUTE}
             for walk, acts in (("train", self.actions), ("eval", self.eval_actions))
         }
+        # Validation inputs and targets are stored once per job, outside any one generation.
+        self.data_storage = data_storage or storage
         self.runner = runner
         self.storage = storage
         self.replicas = replicas
@@ -261,7 +264,8 @@ class Executor:
             key, once = keys.eval_transfer(step, ch), ch.kind not in ("input", "target")
         else:
             key, once = keys.transfer(step, ch), True
-        data = self.storage.wait(key, self.timeout_s, delete=once)
+        store = self.storage if once else self.data_storage
+        data = store.wait(key, self.timeout_s, delete=once)
         value, meta = codec.decode(data)
         trace.record(a, t0, time.time())
         return value, meta

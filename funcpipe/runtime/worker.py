@@ -18,8 +18,9 @@ from torch import nn
 from funcpipe.planning.plan import Plan
 from funcpipe.runtime import keys
 from funcpipe.runtime.executor import Executor
+from funcpipe.runtime.lifecycle import Lifecycle
 from funcpipe.runtime.package import FunctionPackage, resolve
-from funcpipe.runtime.schedule import Action, Op, WorkerId, build_schedule
+from funcpipe.runtime.schedule import Action, Op, WorkerId, build_eval_schedule, build_schedule
 from funcpipe.runtime.stage import StageRunner
 from funcpipe.storage import open_storage
 from funcpipe.storage.base import Storage
@@ -52,6 +53,8 @@ def run_package(pkg: FunctionPackage, *, invoked_at: float | None = None) -> dic
         )
         shared = PrefixedStorage(link, keys.job_prefix(pkg.job_id))
         storage = PrefixedStorage(shared, keys.generation_prefix(pkg.generation))
+        life = Lifecycle(pkg, shared, storage)  # first: heartbeats cover the start-up too
+        stack.callback(life.close)
         layers = load_layers(pkg, shared)
         runner = StageRunner(
             layers,
@@ -72,17 +75,20 @@ def run_package(pkg: FunctionPackage, *, invoked_at: float | None = None) -> dic
             overlap=pkg.overlap,
             seed=pkg.seed,
             loader=_data_loader(pkg, link) if pkg.data is not None else None,
+            eval_actions=_eval_actions(pkg, plan, worker),
+            data_storage=shared,
         )
+        life.restore(layers, runner)
         layers.train()
         ready_at = time.time()
         try:
-            for step in range(pkg.first_step, pkg.end_step):
+            for step in life.steps(executor, layers):
                 _run_step(pkg, step, executor, link, storage, invoked_at, ready_at)
         except BaseException:
             executor.close(wait=False)  # a lane may be blocked waiting for a failed peer
             raise
         executor.close()
-        if pkg.replica == 0 and pkg.end_step == pkg.settings.get("total_steps", pkg.end_step):
+        if pkg.replica == 0 and life.reached_end:
             state = {k: v.detach().clone().contiguous() for k, v in layers.state_dict().items()}
             storage.put(keys.final_state(s), save_tensors(state))
         # Written last, so the bill covers the whole life: start-up, every step, the last upload.
@@ -98,6 +104,13 @@ def run_package(pkg: FunctionPackage, *, invoked_at: float | None = None) -> dic
         storage.put(keys.lifetime(s, pkg.replica), json.dumps(summary).encode())
         return summary
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
+
+
+def _eval_actions(pkg: FunctionPackage, plan: Plan, worker: WorkerId) -> list[Action]:
+    spec = pkg.settings.get("eval")
+    if not spec:
+        return []
+    return build_eval_schedule(plan, int(spec["micro_batches"]))[worker]
 
 
 def _run_step(

@@ -332,9 +332,9 @@ def train(
             function_timeout_s=function_timeout_s,
             heartbeat_s=heartbeat_s,
             heartbeat_deadline_s=5 * heartbeat_s,
-            # A function that has not begun its first step: patience up to its own time limit
-            # (a slow cold start on a busy host is not a hang; the platform ends it at its limit).
-            startup_deadline_s=min(function_timeout_s, max(STARTUP_GRACE_S, 5 * heartbeat_s)),
+            # A function that has not begun its first step: a slow cold start on a busy host is
+            # not a hang. Past its time limit the platform ends it and says so (a "timeout").
+            startup_deadline_s=min(function_timeout_s + 30, max(STARTUP_GRACE_S, 5 * heartbeat_s)),
             max_restarts=max_restarts,
             checkpoint_every=checkpoint_every,
             settings=settings,

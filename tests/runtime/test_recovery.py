@@ -22,7 +22,7 @@ from funcpipe.storage.local_dir import LocalDirStorage
 
 # Each run starts fresh interpreters for 5 functions, again after every fault: minutes on a busy
 # host, hence a longer limit than the suite's default.
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = pytest.mark.timeout(2400)
 
 FAST_LINK = LinkConfig(up_mb_s=500.0, down_mb_s=500.0, latency_s=0.0)
 STEPS = 13

@@ -18,10 +18,14 @@ def test_local_default_root_honours_env(tmp_path: Path, monkeypatch: pytest.Monk
     assert open_storage().root == store.root
 
 
-def test_local_default_root_without_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_default_root_without_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("FUNCPIPE_STORAGE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     store = open_storage("local")
-    assert store.root.name == "funcpipe-storage"
+    # On disk, never /dev/shm: RAM-backed files would count toward a function's memory cap.
+    assert store.root == tmp_path / "cache" / "funcpipe" / "storage"
 
 
 @pytest.mark.parametrize("form", ["local://{}", "{}"])

@@ -18,9 +18,7 @@ def test_local_default_root_honours_env(tmp_path: Path, monkeypatch: pytest.Monk
     assert open_storage().root == store.root
 
 
-def test_local_default_root_without_env(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_local_default_root_without_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FUNCPIPE_STORAGE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     store = open_storage("local")

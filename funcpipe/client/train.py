@@ -535,7 +535,15 @@ def _make_platform(name: str) -> Platform:
         from funcpipe.platforms.local import LocalPlatform
 
         return LocalPlatform()
-    raise ConfigError(f"unknown platform {name!r}; available: 'local'")
+    if name == "lithops":
+        from funcpipe.platforms.lithops import LithopsPlatform
+
+        return LithopsPlatform.from_env()
+    if name == "aws-lambda":
+        from funcpipe.platforms.aws_lambda import AwsLambdaPlatform
+
+        return AwsLambdaPlatform.from_env()
+    raise ConfigError(f"unknown platform {name!r}; available: 'local', 'lithops', 'aws-lambda'")
 
 
 def _emulates_link(platform: str | Platform) -> bool:

@@ -66,6 +66,27 @@ class HistoryLog:
         self._writer.add_scalar("train/total_cost_usd", self._cost, step)
         self._writer.flush()
 
+    def finish(self, history: list[Any]) -> None:
+        """Replace the streamed rows by the final ones once the bill is complete.
+
+        While training, a step's cost is known only up to the functions' ends; the last step
+        also pays for the final upload and each function's rounding, known at the very end.
+        """
+        self._file.close()
+        self._file = (self.dir / CSV_NAME).open("w", newline="")
+        writer: csv.DictWriter[str] | None = None
+        for stats in history:
+            row = dataclasses.asdict(stats)
+            if writer is None:
+                writer = csv.DictWriter(self._file, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        self._file.flush()
+        if history:  # TensorBoard shows the newest value of a step: the final total
+            total = sum(float(getattr(h, "cost_usd", 0.0) or 0.0) for h in history)
+            self._writer.add_scalar("train/total_cost_usd", total, int(history[-1].step))
+            self._writer.flush()
+
     def close(self) -> None:
         self._file.close()
         self._writer.close()

@@ -400,6 +400,8 @@ def train(
         )
         history = _history(reports, made_by, manager, memory, client_traffic, pricing, plan,
                            first_step, evals, skipped)  # fmt: skip
+        if log is not None:
+            log.finish(history)
         startup = {
             str(WorkerId(x["stage"], x["replica"])): x["ready_at"] - x["invoked_at"]
             for x in lifetimes

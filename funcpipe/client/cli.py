@@ -10,13 +10,21 @@ from pathlib import Path
 import click
 import torch
 
-from funcpipe.client.demo import DEMO_MODEL, eval_batches, make_job, model_names
+from funcpipe import __version__
+from funcpipe.client.demo import (
+    DEMO_MODEL,
+    eval_batches,
+    make_job,
+    model_info,
+    model_names,
+    model_profile,
+)
 from funcpipe.client.deploy import deploy_cmd
 from funcpipe.client.jobs import LIVE_WINDOW_S
 from funcpipe.client.pricing import AWS_LAMBDA
 from funcpipe.client.trace import chrome_trace
 from funcpipe.client.train import train
-from funcpipe.errors import FuncPipeError
+from funcpipe.errors import FuncPipeError, PlanInfeasible
 from funcpipe.planning.plan import Plan
 from funcpipe.runtime.check import check_schedule
 from funcpipe.runtime.schedule import build_schedule, format_schedule
@@ -30,6 +38,9 @@ OPTIMIZERS = {
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__, "--version", prog_name="funcpipe", message="%(prog)s %(version)s"
+)
 def cli() -> None:
     """FuncPipe: pipelined, data-parallel training on serverless functions."""
 
@@ -205,19 +216,6 @@ def _check_writable(path: Path | None, option: str = "--json-out") -> None:
     help="stream the history to DIR/history.csv and TensorBoard files in DIR while training",
 )
 @click.option(
-    "--platform",
-    type=click.Choice(["local", "lithops", "aws-lambda"]),
-    default="local",
-    show_default=True,
-    help="where the functions run; the emulated link (--bandwidth) applies to local only",
-)
-@click.option(
-    "--stored-data",
-    metavar="NAME",
-    help="train on data set NAME uploaded to --storage with `funcpipe data upload`: the "
-    "functions read their own micro-batches and the client feeds nothing",
-)
-@click.option(
     "--on-nonfinite",
     type=click.Choice(["raise", "skip"]),
     default="raise",
@@ -251,18 +249,14 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
     # The emulated link belongs to local functions; a cloud's functions have a real one.
     emulate = platform == "local" and not no_throttle
     link = LinkConfig(up_mb_s=bandwidth, down_mb_s=bandwidth, latency_s=latency_ms / 1000,
-                      enabled=emulate)  # fmt: skip
-    data_ref = _stored_data_ref(storage, stored_data) if stored_data else None
+                      enabled=not no_throttle)  # fmt: skip
     params = sum(p.numel() for p in job.model.parameters())
     click.echo(f"model     {model_name}: {len(job.model)} layers, {params / 1e6:.2f} M parameters")
     click.echo(f"data      {job.data_note}")
     for i, s in enumerate(plan.stages):
         click.echo(f"stage {i}   layers [{s.start}, {s.end}) on {s.replicas} function(s) of "
                    f"{s.memory_mb} MB")  # fmt: skip
-    links = f"{bandwidth:g} MB/s each way" if emulate else "not emulated"
-    if data_ref is not None:
-        click.echo(f"data      read by the functions from data set {stored_data!r} in storage "
-                   f"({data_ref['samples']} samples)")  # fmt: skip
+    links = "unthrottled" if no_throttle else f"{bandwidth:g} MB/s each way"
     click.echo(f"pipeline  {plan.micro_batches} micro-batches of a {batch_size}-sample batch; "
                f"links {links}")  # fmt: skip
     evals = None
@@ -271,9 +265,7 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
                                    samples=eval_samples)  # fmt: skip
         click.echo(f"validate  every {eval_every} steps on {note}")
     result = train(job.model, job.loss_fn, optimizer=OPTIMIZERS[optimizer](lr),
-                   batches=None if data_ref else job.batches, data=data_ref,
-                   batch_size=batch_size if data_ref else None, platform=platform,
-                   plan=plan, steps=steps, storage=storage, link=link,
+                   batches=job.batches, plan=plan, steps=steps, storage=storage, link=link,
                    timeout_s=timeout, sync_algorithm=sync,
                    on_nonfinite=on_nonfinite, log_dir=log_dir, seed=seed,
                    checkpoint_every=checkpoint_every, eval_batches=evals, eval_every=eval_every,
@@ -297,13 +289,6 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
     mean_iter = sum(h.iteration_s for h in result.history) / len(result.history)
     click.echo(f"loss {first:.4f} -> {last:.4f}; mean iteration {mean_iter:.3f} s; "
                f"{AWS_LAMBDA.name} cost of this run ${result.total_cost_usd:.6f}")  # fmt: skip
-    parts = {k: sum(getattr(h, k) for h in result.history)
-             for k in ("compute_usd", "request_usd", "startup_usd")}  # fmt: skip
-    starts = sorted(result.startup_s.values())
-    if starts:
-        click.echo(f"cost      compute ${parts['compute_usd']:.6f}, requests "
-                   f"${parts['request_usd']:.6f}, start-up ${parts['startup_usd']:.6f}; cold "
-                   f"start {starts[len(starts) // 2]:.2f} s per function (median)")  # fmt: skip
     if json_out is not None:
         json_out.write_text(json.dumps(
             {"plan": json.loads(plan.to_json()), "history": [h.__dict__ for h in result.history]},
@@ -485,11 +470,157 @@ def clean_cmd(
     click.echo(f"{verb} {len(removed)} job(s), {objects} object(s); kept {kept}")
 
 
+EPOCH_SAMPLES = {"image": 50_000, "mlm": 36_718}  # CIFAR-10 train images; Wikitext-2 train lines
+
+
+def _weights(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, float]:
+    try:
+        a1, a2 = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: give two numbers a1,a2 (objective a1*cost_usd + a2*time_s), e.g. 1,0.001"
+        ) from None
+    return a1, a2
+
+
+@cli.command("plan")
+@click.option(
+    "--model",
+    "model_name",
+    default=DEMO_MODEL,
+    show_default=True,
+    help="model to plan for (see `funcpipe models`)",
+)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--platform",
+    "platform_name",
+    default="aws-lambda",
+    show_default=True,
+    help="aws-lambda, aws-lambda-arm64, alibaba-fc or local",
+)
+@click.option(
+    "--weights",
+    default="1,0.001",
+    show_default=True,
+    callback=_weights,
+    help="a1,a2: minimise a1*cost (USD/iteration) + a2*time (s/iteration)",
+)
+@click.option("--budget", type=float, help="most USD per iteration (or per epoch, see --per)")
+@click.option("--deadline", type=float, help="most seconds per iteration")
+@click.option("--max-functions", type=click.IntRange(min=1), help="most functions in total")
+@click.option(
+    "--per",
+    type=click.Choice(["iteration", "epoch"]),
+    default="iteration",
+    show_default=True,
+    help="what --budget is per",
+)
+@click.option(
+    "--epoch-samples",
+    type=click.IntRange(min=1),
+    help="samples per epoch [default: 50,000 for image models, 36,718 for BERT]",
+)
+@click.option(
+    "--profile",
+    "profile_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="use this saved profile (JSON from Profile.save) instead of profiling here",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write the chosen plan here (for `funcpipe train --plan`)",
+)
+@click.option(
+    "--baselines/--no-baselines",
+    default=True,
+    show_default=True,
+    help="also run TPDMP-like, LambdaML-like and Bayesian search for comparison",
+)
+def plan_cmd(model_name: str, batch_size: int, platform_name: str, weights: tuple[float, float],
+             budget: float | None, deadline: float | None, max_functions: int | None, per: str,
+             epoch_samples: int | None, profile_file: Path | None, out: Path | None,
+             baselines: bool) -> None:  # fmt: skip
+    """Choose a plan: stages, memory, replicas and micro-batches, by simulation."""
+    from funcpipe.client.plan_report import comparison, plan_table, runners_up
+    from funcpipe.planning.optimize import resolve_platform, solve
+    from funcpipe.planning.profile import Profile
+
+    _check_writable(out, "--out")
+    platform = resolve_platform(platform_name)
+    prof = (
+        Profile.load(profile_file) if profile_file else model_profile(model_name, echo=click.echo)
+    )
+    if epoch_samples is None:
+        kind = "image" if model_name == DEMO_MODEL else _kind(model_name)
+        epoch_samples = EPOCH_SAMPLES[kind]
+    iters = max(1, epoch_samples // batch_size)
+    if budget is not None and per == "epoch":
+        budget = budget / iters
+    limits = {"max_functions": max_functions, "budget": budget, "deadline": deadline}
+    sol = solve(prof, platform, batch_size=batch_size, weights=weights, **limits)
+    best = sol.best
+    if best is None:
+        raise PlanInfeasible(sol.note)
+    click.echo(f"plan for {model_name}, batch {batch_size}, on {platform.name}: "
+               f"minimising {weights[0]:g}*cost + {weights[1]:g}*time")  # fmt: skip
+    for line in plan_table(best, prof.layer_names, iters):
+        click.echo(line)
+    click.echo(f"solved in {sol.solve_s:.2f} s: {sol.predictions} plans simulated, "
+               f"{sol.nodes} partial plans expanded over {sol.space.num_groups} layer groups; "
+               f"exact: no unsimulated plan can beat it")  # fmt: skip
+    rows: list = [(f"runner-up {i + 1}", c, "") for i, c in enumerate(runners_up(sol))]
+    if baselines:
+        for method in ("tpdmp", "lambdaml", "bayes"):
+            other = solve(prof, platform, batch_size=batch_size, weights=weights, method=method,
+                          prediction_budget=sol.predictions, **limits)  # fmt: skip
+            rows.append((method, other.best, other.note))
+    click.echo("")
+    for line in comparison(best, rows):
+        click.echo(line)
+    if out is not None:
+        out.write_text(best.plan.to_json())
+        click.echo(f"plan written to {out} (funcpipe train --model {model_name} --plan {out})")
+
+
+def _kind(name: str) -> str:
+    from funcpipe import models
+
+    return models.kind_of(name)
+
+
 @cli.command("models")
-def models_cmd() -> None:
-    """List the models `funcpipe train --model` accepts."""
-    for name in model_names():
-        click.echo(name)
+@click.argument("name", required=False)
+def models_cmd(name: str | None) -> None:
+    """List the models `funcpipe train --model` accepts, with their sizes.
+
+    With NAME, show that model's layers one by one.
+    """
+    if name is not None:
+        info = model_info(name)
+        click.echo(f"{info.name}: {info.description}")
+        click.echo(f"{'#':>3}  {'layer':<14} {'kind':<22} {'params':>12} {'out MB/sample':>13}")
+        for r in info.layers:
+            click.echo(f"{r.index:>3}  {r.name[:14]:<14} {r.kind[:22]:<22} {r.params:>12,} "
+                       f"{r.output_bytes / 2**20:>13.3f}")  # fmt: skip
+        click.echo(f"total {info.params:,} parameters, {info.weights_mb:.1f} MB of weights")
+        return
+    click.echo(f"{'model':<20} {'layers':>6} {'params':>9} {'weights':>9} {'train state':>11} "
+               f"{'act/sample':>10} {'largest layer':>14}  description")  # fmt: skip
+    for model in model_names():
+        info = model_info(model)
+        big = info.largest_layer
+        click.echo(
+            f"{model:<20} {len(info.layers):>6} {info.params / 1e6:>8.2f}M "
+            f"{info.weights_mb:>7.1f}MB {info.train_state_mb:>9.1f}MB "
+            f"{info.activations_mb:>8.2f}MB {big.params * 16 / 2**20:>12.1f}MB  {info.description}"
+        )
+    click.echo(
+        "train state = weights + gradients + Adam moments (float32); act/sample = the input and "
+        "every layer's output for one sample; largest layer = its train state. A function needs "
+        "these plus the runtime (see `funcpipe plan` for a per-stage memory model)."
+    )
 
 
 cli.add_command(deploy_cmd)

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -186,3 +187,91 @@ def _discard(folder: Path) -> None:
     with contextlib.suppress(FileNotFoundError):  # someone else already moved it
         os.rename(folder, trash / folder.name)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What `funcpipe models` shows about one model (sizes on the meta device, no allocation)."""
+
+    name: str
+    description: str
+    layers: list[models.LayerSummary]
+    input_bytes: int  # one sample
+
+    @property
+    def params(self) -> int:
+        return sum(r.params for r in self.layers)
+
+    @property
+    def weights_mb(self) -> float:
+        return self.params * 4 / 2**20
+
+    @property
+    def train_state_mb(self) -> float:
+        """Weights + gradients + Adam's two moments, float32."""
+        return 4 * self.weights_mb
+
+    @property
+    def activations_mb(self) -> float:
+        """Input plus every layer's output for one sample: what a pass keeps at least."""
+        return (self.input_bytes + sum(r.output_bytes for r in self.layers)) / 2**20
+
+    @property
+    def largest_layer(self) -> models.LayerSummary:
+        return max(self.layers, key=lambda r: r.params)
+
+
+def model_info(name: str) -> ModelInfo:
+    """Layers, parameters and memory figures of a model that `make_job` accepts."""
+    if name == DEMO_MODEL:
+        with torch.device("meta"):
+            model: nn.Sequential = demo_cnn()
+        sample = torch.zeros(1, 3, 32, 32, device="meta")
+        text = "small CNN for 32x32 images (the demo)"
+    else:
+        with torch.device("meta"):
+            model = models.build(name)
+        sample = models.task_for(name).make_batch(1)[0]
+        text = models.describe(name)
+    rows = models.layer_summary(model, sample)
+    return ModelInfo(name, text, rows, sample.numel() * sample.element_size())
+
+
+PROFILE_MICRO_BATCHES = (1, 2)
+
+
+def profile_path(name: str) -> Path:
+    """Where `model_profile` caches a model's profile (per model, torch version and core count)."""
+    cores = len(os.sched_getaffinity(0))
+    return cache_dir() / "profiles" / f"{name}-torch{torch.__version__}-{cores}cores.json"
+
+
+def model_profile(name: str, *, echo: Callable[[str], object] = print) -> Any:
+    """The planner's profile of model ``name``, measured on this machine once, then cached.
+
+    Layers are timed at micro-batches of 1 and 2 samples with 1 and 2 threads (see
+    `funcpipe.profile`); larger micro-batches are extrapolated from them.
+    """
+    from funcpipe.planning.profile import Profile, profile
+
+    path = profile_path(name)
+    if path.is_file():
+        return Profile.load(path)
+    torch.manual_seed(0)
+    if name == DEMO_MODEL:
+        model: nn.Sequential = demo_cnn()
+        batch = (torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)))
+        loss_fn: Callable = nn.CrossEntropyLoss()
+    elif name in models.list_models():
+        model = models.build(name)
+        task = models.task_for(name)
+        batch, loss_fn = task.make_batch(2), task.loss_fn
+    else:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
+    echo(f"profiling {name} on this machine (once; cached in {path})")
+    prof = profile(model, batch, micro_batch_sizes=list(PROFILE_MICRO_BATCHES), loss_fn=loss_fn)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    prof.save(tmp)
+    os.replace(tmp, path)
+    return prof

@@ -6,7 +6,7 @@ layers flows a Tensor or a tuple of Tensors. `to_sequential` converts other modu
 
 from funcpipe.models.fx_split import to_sequential
 from funcpipe.models.losses import classification_loss, masked_lm_loss
-from funcpipe.models.registry import Task, build, kind_of, list_models, task_for
+from funcpipe.models.registry import Task, build, describe, kind_of, list_models, task_for
 from funcpipe.models.summary import LayerSummary, layer_summary
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Task",
     "build",
     "classification_loss",
+    "describe",
     "kind_of",
     "layer_summary",
     "list_models",

@@ -93,6 +93,11 @@ def _builder_options(spec: ModelSpec, options: dict[str, Any]) -> dict[str, Any]
     return {**spec.defaults, **options}
 
 
+def describe(name: str) -> str:
+    """One line saying what zoo model `name` is."""
+    return _spec(name).summary
+
+
 def kind_of(name: str) -> str:
     """The data a zoo model trains on: "image" (CIFAR-10-shaped) or "mlm" (token ids)."""
     return _spec(name).kind

@@ -15,7 +15,7 @@ busiest replica and f, b its forward/backward time of one micro-batch:
 where sync is the time the gradient all-reduce needs at least on its busier link direction
 (it uploads the stage's gradient once and downloads 2(d-1)/d of it) plus the optimizer step.
 Cost is bounded by the same time times the memory of all functions, plus the storage requests
-every boundary must make.
+every plan must make (`Prices`).
 Every term uses the durations the simulator uses (profile times at the function's CPU share,
 bytes over the platform's link plus one request latency), so bound <= predict; the tests check
 that on random plans, and the search re-checks it on every plan it simulates.
@@ -58,16 +58,41 @@ def link_of(platform: Any) -> Link:
     return Link(float(link.up_bytes_s), float(link.down_bytes_s), float(link.latency_s))
 
 
+REPORT_POLL_S = 0.05  # the client polls every function's report this often (client/train.py)
+
+
 @dataclass(frozen=True)
 class Prices:
+    """Prices and the storage requests every plan must make, whatever its timing."""
+
     gb_second: float
     put: float
     get: float
+    delete: float = 0.0
+
+    def client(self, micro_batches: int) -> float:
+        """The client puts each micro-batch's input and target; functions get + delete them."""
+        return 2 * micro_batches * (self.put + self.get + self.delete)
+
+    def stage(self, micro_batches: int, replicas: int, last: bool) -> float:
+        """A stage's own requests: one report per function (put; the client gets + deletes it),
+        the activations and gradients across the boundary after it (put, get, delete each), and
+        at least one piece per replica pair plus the merged chunks when replicas > 1."""
+        cost = replicas * (self.put + self.get + self.delete)
+        if not last:
+            cost += 2 * micro_batches * (self.put + self.get + self.delete)
+        if replicas > 1:
+            cost += replicas * replicas * self.put + 2 * replicas * (replicas - 1) * self.get
+        return cost
+
+    def polls(self, time_s: float) -> float:
+        """The client polls for reports all iteration long."""
+        return time_s / REPORT_POLL_S * self.get
 
 
 def prices_of(platform: Any) -> Prices:
     p = platform.prices
-    return Prices(float(p.gb_second), float(p.put), float(p.get))
+    return Prices(float(p.gb_second), float(p.put), float(p.get), float(p.delete))
 
 
 class Options:
@@ -76,8 +101,12 @@ class Options:
     One instance per micro-batch count M; ``at(i)`` is built once and reused by every node.
     """
 
-    def __init__(self, space: SearchSpace, micro_batches: int, link: Link) -> None:
+    def __init__(self, space: SearchSpace, micro_batches: int, link: Link, prices: Prices) -> None:
         self.space = space
+        self.prices = prices
+        # More memory at no faster compute only costs more, unless functions share a host's
+        # cores (the local emulator), where a larger CPU share changes how they are divided.
+        self.dominance = getattr(space.platform, "host_cores", None) is None
         self.m = micro_batches
         self.link = link
         prof = space.profile
@@ -105,8 +134,40 @@ class Options:
         self.act.append(0.0)
         self.input_dn = link.down(float(prof.input_bytes(mu)))
         self.target_dn = link.down(float(prof.target_bytes(mu)))
-        fb_fast = (self.F + self.B).min(axis=0)  # fastest choice, prefix
-        self.rest_fb = fb_fast[-1] - fb_fast  # (K+1,) compute of groups >= g at best CPU share
+        # per group and memory choice: forward + backward of one micro-batch
+        group_fb = np.diff(self.F + self.B, axis=1)  # (J, K)
+        mems = np.asarray(space.memory_choices, dtype=float)[:, None]
+        fits = np.array(
+            [[m >= space.need_mb(g, g + 1, micro_batches, micro_batches) for g in range(k_groups)]
+             for m in space.memory_choices]
+        )  # fmt: skip
+        fastest = np.where(fits, group_fb, np.inf).min(axis=0)
+        # GB-seconds one micro-batch of a group costs at least, on whichever size it runs
+        cheapest = np.where(fits, group_fb * mems / 1024, np.inf).min(axis=0)
+        suffix = np.concatenate([np.cumsum(fastest[::-1])[::-1], [0.0]])
+        self.rest_fb = suffix  # (K+1,) compute of one micro-batch over groups >= g, fastest
+        work = np.concatenate([np.cumsum(cheapest[::-1])[::-1], [0.0]])
+        self.rest_gbs = micro_batches * work  # (K+1,) GB-s all micro-batches need, groups >= g
+        # Whatever stage holds group g runs it for ceil(M/d) micro-batches and then syncs its
+        # gradient among its d replicas: at least min over (d, size) of that, for g alone.
+        best = np.full(k_groups, np.inf)
+        for d in space.replica_counts(micro_batches):
+            n = math.ceil(micro_batches / d)
+            for g in range(k_groups):
+                sync = link.sync(self.P[g + 1] - self.P[g], d)
+                ok = np.array([m >= space.need_mb(g, g + 1, micro_batches, d)
+                               for m in space.memory_choices])  # fmt: skip
+                if ok.any():
+                    best[g] = min(best[g], float((n * group_fb[ok, g]).min()) + sync)
+        fwd_fast = np.where(fits, np.diff(self.F, axis=1), np.inf).min(axis=0)
+        fwd_prefix = np.concatenate([[0.0], np.cumsum(fwd_fast)])
+        # rest_load[k]: from the moment micro-batch 0 reaches group k, the time until the stage
+        # holding some later group g finishes (forwards to g at best speed, then g's own load)
+        self.rest_load = np.zeros(k_groups + 1)
+        for k in range(k_groups):
+            self.rest_load[k] = max(
+                fwd_prefix[g] - fwd_prefix[k] + best[g] for g in range(k, k_groups)
+            )
         self._at: dict[int, dict[str, np.ndarray]] = {}
         self.rest_mem_gb = self._rest_memory()
 
@@ -126,7 +187,10 @@ class Options:
         """Upload + download time of one micro-batch's tensor across boundary g (0 at ends)."""
         if g <= 0 or g >= self.space.num_groups:
             return 0.0
-        return self.link.up(self.act[g]) + self.link.down(self.act[g])
+        # the key is visible once its bytes are up; the upload's own latency comes after that,
+        # so the path pays one request latency, not two
+        a = self.act[g]
+        return a / self.link.up_bps + self.link.latency_s + a / self.link.down_bps
 
     def at(self, i: int) -> dict[str, np.ndarray]:
         if i not in self._at:
@@ -151,18 +215,24 @@ class Options:
                 sync = link.sync(grad_bytes, d)
                 sync_up = grad_bytes / link.up_bps if d > 1 else 0.0
                 sync_dn = 2 * (d - 1) / d * grad_bytes / link.down_bps if d > 1 else 0.0
-                seen_cpus: set[float] = set()
+                kept: list[tuple[float, float, float]] = []
                 for j, mem in enumerate(sp.memory_choices):
-                    if mem < need or self.cpus[j] in seen_cpus:
-                        continue  # too small, or same CPU share as a cheaper size
-                    seen_cpus.add(self.cpus[j])
+                    if mem < need:
+                        continue
                     f = self.F[j, k] - self.F[j, i]
                     b = self.B[j, k] - self.B[j, i]
                     step = self.ST[j, k] - self.ST[j, i]
+                    if self.dominance and any(
+                        kf <= f and kb <= b and ks <= step for kf, kb, ks in kept
+                    ):
+                        continue  # a cheaper size computes at least as fast
+                    kept.append((f, b, step))
                     rows.append((k, j, d, mem, f, b, n * (f + b), sync + step,
                                  n * up_mb + sync_up, n * dn_mb + sync_dn,
-                                 self.boundary(k), d * mem / 1024))  # fmt: skip
-        names = ("k", "j", "d", "mem", "f", "b", "load", "sync", "up", "down", "cross", "gb")
+                                 self.boundary(k), d * mem / 1024,
+                                 self.prices.stage(m, d, last)))  # fmt: skip
+        names = ("k", "j", "d", "mem", "f", "b", "load", "sync", "up", "down", "cross", "gb",
+                 "req")  # fmt: skip
         if not rows:
             return {n: np.zeros(0) for n in names}
         cols = list(zip(*rows, strict=True))
@@ -170,6 +240,8 @@ class Options:
         out["k"] = out["k"].astype(int)
         out["rest_fb"] = self.rest_fb[out["k"]]
         out["rest_gb"] = np.asarray([self.rest_mem_gb[k] for k in out["k"]])
+        out["rest_gbs"] = self.rest_gbs[out["k"]]
+        out["rest_load"] = self.rest_load[out["k"]]
         out["last"] = out["k"] == k_groups
         return out
 
@@ -183,7 +255,7 @@ def plan_bound(
     weights: Weights,
 ) -> tuple[float, float, float]:
     """(time, cost, objective) lower bounds of one full plan given as (i, k, memory, replicas)."""
-    opts = Options(space, micro_batches, link)
+    opts = Options(space, micro_batches, link, prices)
     fill = opts.input_dn
     drain = 0.0
     sync0 = 0.0
@@ -213,5 +285,8 @@ def plan_bound(
         fill += f + cross
         drain += b + cross
         gb += d * mem / 1024
-    cost = prices.gb_second * t * gb + 2 * m * (len(stages) - 1) * (prices.put + prices.get)
+    reqs = prices.client(m) + sum(
+        prices.stage(m, d, k == space.num_groups) for _, k, _, d in stages
+    )
+    cost = prices.gb_second * t * gb + reqs + prices.polls(t)
     return t, cost, weights.of(cost, t)

@@ -94,6 +94,8 @@ def _at_threads(by_threads: dict[int, float], k: int) -> float:
     # t(k) = t1 * (s + (1 - s) / k); solve s from the two measured counts.
     if k < lo:
         return t_lo * lo / k
+    if t_lo <= 0:  # a layer too fast to measure (ReLU, Flatten) stays free
+        return t_lo
     ratio = t_hi / t_lo
     serial = (ratio - lo / hi) / (1 - lo / hi) if hi != lo else 1.0
     serial = min(1.0, max(0.0, serial))

@@ -180,9 +180,11 @@ class _Store:
 def _noticed(wait_start: float, visible: float) -> float:
     """When ``Storage.wait`` started at ``wait_start`` sees a key that appears at ``visible``."""
     t, pause = wait_start, _POLL_MIN_S
-    while t < visible:
+    while t < visible and pause < POLL_MAX_S:  # the doubling pauses
         t += pause
         pause = min(pause * 2, POLL_MAX_S)
+    if t < visible:  # then one poll every POLL_MAX_S: jump straight to the first one after it
+        t += math.ceil((visible - t) / POLL_MAX_S) * POLL_MAX_S
     return t
 
 

@@ -18,8 +18,8 @@ from funcpipe.errors import ConfigError, PlanInfeasible
 from funcpipe.planning.memory import stage_memory_mb
 from funcpipe.planning.plan import MAX_MEMORY_MB, MIN_MEMORY_MB, Plan, Stage
 
-DEFAULT_MAX_GROUPS = 12
-DEFAULT_MAX_MICRO_BATCHES = 64
+DEFAULT_MAX_GROUPS = 8
+DEFAULT_MAX_MICRO_BATCHES = 32
 
 Predictor = Callable[[Plan], Any]  # plan -> Prediction (time_s, cost_usd, memory_mb)
 

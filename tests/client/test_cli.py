@@ -196,30 +196,29 @@ def test_schedule_checks_a_plan_file(tmp_path) -> None:
     assert "stage0-replica1" in result.output and "no deadlock" in result.output
 
 
-def test_train_on_a_data_set_in_storage(tmp_path, monkeypatch) -> None:
-    """`funcpipe data upload`, then `funcpipe train --stored-data`: the client feeds nothing."""
-    import torch
-    from safetensors.torch import save_file
+def test_version() -> None:
+    from funcpipe import __version__
+
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"funcpipe {__version__}"
+
+
+def test_plan_command_prints_plan_baselines_and_writes_file(tmp_path, monkeypatch) -> None:
+    from funcpipe.errors import PlanInfeasible
+    from funcpipe.planning.plan import Plan
 
     monkeypatch.setenv("FUNCPIPE_CACHE", str(tmp_path / "cache"))
-    source = tmp_path / "toy.safetensors"
-    g = torch.Generator().manual_seed(0)
-    save_file({"inputs": torch.randn(64, 3, 32, 32, generator=g),
-               "targets": torch.randint(0, 10, (64,), generator=g)}, str(source))  # fmt: skip
-    store = f"local://{tmp_path / 'store'}"
-    up = CliRunner().invoke(
-        cli, ["data", "upload", str(source), "--storage", store, "--name", "toy"]
-    )
-    assert up.exit_code == 0, up.output
-    out = tmp_path / "history.json"
+    out = tmp_path / "plan.json"
     result = CliRunner().invoke(
-        cli,
-        ["train", "--steps", "3", "--batch-size", "16", "--storage", store, "--stored-data", "toy",
-         "--latency-ms", "0", "--json-out", str(out)],
-    )  # fmt: skip
+        cli, ["plan", "--model", "cnn", "--batch-size", "8", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
-    assert "read by the functions from data set 'toy'" in result.output
-    assert "cold start" in result.output and "start-up $" in result.output
-    assert len(json.loads(out.read_text())["history"]) == 3
-    missing = CliRunner().invoke(cli, ["train", "--storage", store, "--stored-data", "nope"])
-    assert missing.exit_code != 0 and "funcpipe data upload" in missing.output
+    assert "profiling cnn" in result.output
+    for text in ("stage", "predicted", "per epoch", "tpdmp", "lambdaml", "bayes", "chosen"):
+        assert text in result.output, text
+    plan = Plan.from_json(out.read_text())
+    assert plan.num_layers == 12
+    again = CliRunner().invoke(cli, ["plan", "--model", "cnn", "--batch-size", "8",
+                                     "--no-baselines", "--deadline", "1e-6"])  # fmt: skip
+    assert isinstance(again.exception, PlanInfeasible)
+    assert "deadline" in str(again.exception)

@@ -96,7 +96,9 @@ class FakePlatform:
 
     @property
     def prices(self):  # noqa: ANN201
-        return SimpleNamespace(gb_second=0.0000166667, put=5e-6, get=4e-7, invocation=2e-7)
+        return SimpleNamespace(
+            gb_second=0.0000166667, put=5e-6, get=4e-7, delete=1e-7, invocation=2e-7
+        )
 
 
 class FakePredictor:
@@ -127,7 +129,10 @@ class FakePredictor:
         time_s = t + 0.3 * (m - 1) * worst / plan.num_stages + 0.002 * plan.num_functions
         gb = sum(s.replicas * s.memory_mb / 1024 for s in plan.stages)
         pr = pf.prices
-        cost = time_s * gb * pr.gb_second + 2 * m * (plan.num_stages - 1) * (pr.put + pr.get)
+        req = prices_of(pf)
+        last = plan.num_stages - 1
+        cost = time_s * gb * pr.gb_second + req.client(m) + req.polls(time_s) * 1.5
+        cost += sum(req.stage(m, s.replicas, i == last) for i, s in enumerate(plan.stages))
         mems = [
             stage_memory_mb(
                 p,

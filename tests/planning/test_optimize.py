@@ -193,3 +193,47 @@ def test_layer_merging_keeps_big_models_tractable() -> None:
     assert sol.space.num_groups <= 6
     assert {s.start for s in sol.plan.stages} <= set(sol.space.bounds)
     assert sol.plan.num_layers == 60
+
+
+# --- with the real simulator and a measured profile ------------------------------------------
+
+REAL_SPACE = {"max_groups": 3, "max_micro_batches": 2, "memory_choices": (1024, 3538)}
+
+
+@pytest.mark.parametrize(
+    ("platform", "w"),
+    [("aws-lambda", (1.0, 0.001)), ("alibaba-fc", (0.0, 1.0)), ("local", (1.0, 0.0))],
+)
+def test_optimum_equals_exhaustive_search_through_predict(cnn_profile, platform, w) -> None:
+    best = solve(cnn_profile, platform, batch_size=4, weights=w, **REAL_SPACE)
+    ref = solve(cnn_profile, platform, batch_size=4, weights=w, method="exhaustive",
+                **REAL_SPACE)  # fmt: skip
+    assert best.extra["proven_optimal"] and best.extra["bound_violations"] == 0
+    assert best.best.objective == pytest.approx(ref.best.objective, rel=1e-12)
+    assert best.predictions < ref.predictions / 5
+    need = best.best.prediction.memory_mb
+    assert all(n <= s.memory_mb for n, s in zip(need, best.plan.stages, strict=True))
+
+
+def test_real_bound_never_exceeds_the_prediction(cnn_profile) -> None:
+    from funcpipe.planning.platforms import get_platform
+
+    pf = get_platform("aws-lambda")
+    ref = solve(cnn_profile, pf, batch_size=4, method="exhaustive", **REAL_SPACE)
+    space = ref.space
+    for c in ref.candidates:
+        stages = [(space.bounds.index(s.start), space.bounds.index(s.end), s.memory_mb,
+                   s.replicas) for s in c.plan.stages]  # fmt: skip
+        t, cost, _ = plan_bound(space, c.plan.micro_batches, stages, link_of(pf), prices_of(pf),
+                                Weights(1, 0))  # fmt: skip
+        assert t <= c.prediction.time_s * (1 + 1e-3)
+        assert cost <= c.prediction.cost_usd * (1 + 1e-3)
+
+
+def test_optimize_takes_a_platform_name_and_returns_a_plan(cnn_profile) -> None:
+    import funcpipe
+
+    plan = funcpipe.optimize(cnn_profile, "aws-lambda", batch_size=8, weights=(1, 0.001))
+    assert isinstance(plan, funcpipe.Plan) and plan.num_layers == cnn_profile.num_layers
+    pred = funcpipe.predict(plan, cnn_profile, "aws-lambda", batch_size=8)
+    assert all(n <= s.memory_mb for n, s in zip(pred.memory_mb, plan.stages, strict=True))

@@ -216,6 +216,19 @@ def _check_writable(path: Path | None, option: str = "--json-out") -> None:
     help="stream the history to DIR/history.csv and TensorBoard files in DIR while training",
 )
 @click.option(
+    "--platform",
+    type=click.Choice(["local", "lithops", "aws-lambda"]),
+    default="local",
+    show_default=True,
+    help="where the functions run; the emulated link (--bandwidth) applies to local only",
+)
+@click.option(
+    "--stored-data",
+    metavar="NAME",
+    help="train on data set NAME uploaded to --storage with `funcpipe data upload`: the "
+    "functions read their own micro-batches and the client feeds nothing",
+)
+@click.option(
     "--on-nonfinite",
     type=click.Choice(["raise", "skip"]),
     default="raise",
@@ -249,14 +262,18 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
     # The emulated link belongs to local functions; a cloud's functions have a real one.
     emulate = platform == "local" and not no_throttle
     link = LinkConfig(up_mb_s=bandwidth, down_mb_s=bandwidth, latency_s=latency_ms / 1000,
-                      enabled=not no_throttle)  # fmt: skip
+                      enabled=emulate)  # fmt: skip
+    data_ref = _stored_data_ref(storage, stored_data) if stored_data else None
     params = sum(p.numel() for p in job.model.parameters())
     click.echo(f"model     {model_name}: {len(job.model)} layers, {params / 1e6:.2f} M parameters")
     click.echo(f"data      {job.data_note}")
     for i, s in enumerate(plan.stages):
         click.echo(f"stage {i}   layers [{s.start}, {s.end}) on {s.replicas} function(s) of "
                    f"{s.memory_mb} MB")  # fmt: skip
-    links = "unthrottled" if no_throttle else f"{bandwidth:g} MB/s each way"
+    links = f"{bandwidth:g} MB/s each way" if emulate else "not emulated"
+    if data_ref is not None:
+        click.echo(f"data      read by the functions from data set {stored_data!r} in storage "
+                   f"({data_ref['samples']} samples)")  # fmt: skip
     click.echo(f"pipeline  {plan.micro_batches} micro-batches of a {batch_size}-sample batch; "
                f"links {links}")  # fmt: skip
     evals = None
@@ -265,7 +282,9 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
                                    samples=eval_samples)  # fmt: skip
         click.echo(f"validate  every {eval_every} steps on {note}")
     result = train(job.model, job.loss_fn, optimizer=OPTIMIZERS[optimizer](lr),
-                   batches=job.batches, plan=plan, steps=steps, storage=storage, link=link,
+                   batches=None if data_ref else job.batches, data=data_ref,
+                   batch_size=batch_size if data_ref else None, platform=platform,
+                   plan=plan, steps=steps, storage=storage, link=link,
                    timeout_s=timeout, sync_algorithm=sync,
                    on_nonfinite=on_nonfinite, log_dir=log_dir, seed=seed,
                    checkpoint_every=checkpoint_every, eval_batches=evals, eval_every=eval_every,
@@ -289,6 +308,13 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
     mean_iter = sum(h.iteration_s for h in result.history) / len(result.history)
     click.echo(f"loss {first:.4f} -> {last:.4f}; mean iteration {mean_iter:.3f} s; "
                f"{AWS_LAMBDA.name} cost of this run ${result.total_cost_usd:.6f}")  # fmt: skip
+    parts = {k: sum(getattr(h, k) for h in result.history)
+             for k in ("compute_usd", "request_usd", "startup_usd")}  # fmt: skip
+    starts = sorted(result.startup_s.values())
+    if starts:
+        click.echo(f"cost      compute ${parts['compute_usd']:.6f}, requests "
+                   f"${parts['request_usd']:.6f}, start-up ${parts['startup_usd']:.6f}; cold "
+                   f"start {starts[len(starts) // 2]:.2f} s per function (median)")  # fmt: skip
     if json_out is not None:
         json_out.write_text(json.dumps(
             {"plan": json.loads(plan.to_json()), "history": [h.__dict__ for h in result.history]},

@@ -204,3 +204,12 @@ def test_keys_of_a_killed_client_are_cleaned_once_its_heartbeat_is_stale(tmp_pat
     later = time.time() + LIVE_WINDOW_S + 1
     assert [j.job_id for j in clean(store, now=later)] == ["killed"]
     assert store.list("") == []
+
+
+def test_cli_job_id_is_checked_before_anything_runs(tmp_path) -> None:
+    result = CliRunner().invoke(
+        cli, ["train", "--job-id", "a/x", "--storage", f"local://{tmp_path}"]
+    )
+    assert isinstance(result.exception, ConfigError)
+    assert "invalid job_id 'a/x'" in str(result.exception)
+    assert not list(tmp_path.iterdir())

@@ -81,7 +81,9 @@ class RedisStorage(Storage):
                 kwargs[name] = limit
 
     def put(self, key: str, data: bytes) -> None:
-        self._call("SET", key, self.client.set, validate_key(key), bytes(data), self.ttl_s)
+        # Only a job's own keys expire; data sets (datasets/...) serve many jobs and stay.
+        ttl = self.ttl_s if key.startswith("jobs/") else None
+        self._call("SET", key, self.client.set, validate_key(key), bytes(data), ttl)
 
     def get(self, key: str) -> bytes:
         value = self._call("GET", key, self.client.get, validate_key(key))
@@ -119,8 +121,9 @@ class RedisStorage(Storage):
 #: request gives up after this long (override with socket_timeout=...).
 DEFAULT_SOCKET_TIMEOUT_S = 10.0
 
-#: Keys expire this long after their last write (7 days), so a dead job's leftovers go away even
-#: if nobody runs `funcpipe clean`; ttl_s=0 keeps keys forever.
+#: A job's keys (jobs/...) expire this long after their last write (7 days), so a dead job's
+#: leftovers go away even if nobody runs `funcpipe clean`; ttl_s=0 keeps keys forever. Data sets
+#: uploaded with `funcpipe data upload` never expire.
 DEFAULT_TTL_S = 7 * 24 * 3600
 
 

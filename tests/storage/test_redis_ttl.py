@@ -38,3 +38,11 @@ def test_ttl_zero_keeps_keys(redis_url: str) -> None:
 def test_bad_ttl_is_refused(redis_url: str, bad: str) -> None:
     with pytest.raises(ConfigError, match="ttl_s must be a whole number"):
         open_storage(f"{redis_url}?ttl_s={bad}")
+
+
+def test_data_sets_do_not_expire(redis_url: str) -> None:
+    """A data set serves many jobs: only a job's own keys (jobs/...) expire."""
+    with open_storage(redis_url) as store:
+        store.put("datasets/ttl-keep/index.json", b"{}")
+        assert store.client.ttl("datasets/ttl-keep/index.json") == -1
+        store.delete_prefix("datasets/ttl-keep/")

@@ -99,7 +99,7 @@ def test_a_failing_function_reports_its_traceback(s3_server, lambda_client) -> N
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 8), Boom(), nn.Linear(8, 5))
     plan = Plan(stages=[Stage(start=0, end=2, memory_mb=MEMORY),
                         Stage(start=2, end=4, memory_mb=MEMORY)], micro_batches=2)  # fmt: skip
-    plat = LocalLambda(lambda_client, "thread")
+    plat = LocalLambda(lambda_client, "subprocess")
     with pytest.raises(FunctionFailed) as err:
         train(model, nn.CrossEntropyLoss(), optimizer=OPTIMIZERS["sgd-momentum"],
               batches=make_batches(2), plan=plan, platform=plat, storage=url, progress=False,

@@ -25,9 +25,10 @@ once to the tensor's dtype (float32 or float64, which is also the wire format), 
 are deterministic and equal for both algorithms.
 
 Keys (all under ``key_prefix``): ``rs/<owner>/<src>/<j>`` a peer's piece j of chunk <owner>,
-read and deleted by the owner; ``ag/<owner>/<j>`` reduced sub-chunk j, read by all peers;
-``done/<w>`` written by each w > 0 when it has everything. Replica 0 waits for (and deletes)
-every done flag, then deletes the ``ag/`` keys, so nothing is left once all have returned.
+read by the owner; ``ag/<owner>/<j>`` reduced sub-chunk j, read by all peers; ``done/<w>``
+written by each w > 0 when it has everything. Replica 0 waits for every done flag, then deletes
+the whole prefix (one listing and one bulk delete, no delete round trip on the critical path),
+so nothing is left once all have returned.
 On error, keys may remain: the caller cleans up with ``delete_prefix(key_prefix)``.
 """
 
@@ -177,7 +178,7 @@ class _Exchange:
         self.storage.put(self.rs_key(owner, self.rank, j), memoryview(self.src[a:b]).cast("B"))
 
     def fetch_piece(self, src: int, j: int) -> bytes:
-        return self.wait(self.rs_key(self.rank, src, j), src, delete=True)
+        return self.wait(self.rs_key(self.rank, src, j), src, delete=False)
 
     # -- reduction --------------------------------------------------------------------------
     def sources(self) -> list[int]:
@@ -219,12 +220,12 @@ class _Exchange:
 
     # -- cleanup ----------------------------------------------------------------------------
     def cleanup(self, run: Callable[[list[Callable[[], object]]], None]) -> None:
-        """Replicas > 0 report done; replica 0 collects the reports and deletes the ag keys."""
+        """Replicas > 0 report done; replica 0 collects the reports and deletes every key."""
         if self.rank:
             self.storage.put(self.done_key(self.rank), b"")
             return
-        run([lambda w=w: self.wait(self.done_key(w), w, delete=True) for w in range(1, self.n)])
-        self.storage.delete_prefix(f"{self.prefix}/ag/")
+        run([lambda w=w: self.wait(self.done_key(w), w, delete=False) for w in range(1, self.n)])
+        self.storage.delete_prefix(f"{self.prefix}/")
 
 
 def _naive(ex: _Exchange) -> None:

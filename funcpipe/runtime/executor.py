@@ -8,6 +8,7 @@ downloading, each on its own link direction.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from funcpipe.runtime.schedule import Action, Lane, Op, WorkerId, channel, local
 from funcpipe.runtime.seeds import forward_seed
 from funcpipe.runtime.stage import StageRunner
 from funcpipe.storage.base import Storage
+
+log = logging.getLogger(__name__)
 
 #: Metadata flag on a gradient whose micro-batch had a non-finite loss downstream.
 NONFINITE = "nonfinite"
@@ -97,11 +100,37 @@ class Executor:
             Lane.UPLOAD: ThreadPoolExecutor(1, thread_name_prefix="upload"),
             Lane.DOWNLOAD: ThreadPoolExecutor(1, thread_name_prefix="download"),
         }
+        # Deletes of consumed transfers: off the download lane, and each only a request latency.
+        self._deleter = ThreadPoolExecutor(2, thread_name_prefix="delete")
+        self._deletes: list[Future[None]] = []
 
     def close(self, *, wait: bool = True) -> None:
-        """Stop the lane threads; ``wait=False`` after a failure, when a lane may be blocked."""
+        """Stop the lane threads; ``wait=False`` after a failure, when a lane may be blocked.
+
+        On a clean close every pending delete finishes first, so a function leaves nothing of
+        what it consumed; after a failure the client's clean-up of the job's keys covers them.
+        """
         for pool in self._lanes.values():
             pool.shutdown(wait=wait, cancel_futures=True)
+        self._deleter.shutdown(wait=wait, cancel_futures=not wait)
+        if wait:
+            self._reap_deletes(block=True)
+
+    def _delete_later(self, store: Storage, key: str) -> None:
+        self._reap_deletes(block=False)
+        self._deletes.append(self._deleter.submit(store.delete, key))
+
+    def _reap_deletes(self, *, block: bool) -> None:
+        """Drop finished deletes; a failed one only leaves a key the job's clean-up removes."""
+        pending = []
+        for fut in self._deletes:
+            if not block and not fut.done():
+                pending.append(fut)
+                continue
+            exc = fut.exception()
+            if exc is not None:
+                log.warning("%s: could not delete a consumed transfer: %s", self.worker, exc)
+        self._deletes = pending
 
     def run_step(self, step: int, *, evaluate: bool = False) -> StepTrace:
         """Run training step ``step``; with ``evaluate``, the validation pass after ``step`` steps.
@@ -265,9 +294,11 @@ class Executor:
         else:
             key, once = keys.transfer(step, ch), True
         store = self.storage if once else self.data_storage
-        data = store.wait(key, self.timeout_s, delete=once)
+        data = store.wait(key, self.timeout_s)
         value, meta = codec.decode(data)
         trace.record(a, t0, time.time())
+        if once:
+            self._delete_later(store, key)
         return value, meta
 
     def _upload(

@@ -116,6 +116,10 @@ class PlatformProfile:
     host_cores: float | None = None
     background_tasks: float = 0.0  # other programs' busy threads competing for host_cores
     startup_s: float | None = None  # a function's start (cold start + imports); None = measure
+    # A CPU share below the function's thread count enforced as a quota per period (Linux CFS
+    # bandwidth control): threads run at full speed until the period's quota is spent, then wait
+    # for the next period. None: model a share as a uniform slow-down (no burst).
+    cpu_quota_period_s: float | None = None
     runtime_base_mb_value: float | None = None
     description: str = ""
 
@@ -248,8 +252,8 @@ def local_platform(
     the cores a job actually gets (fewer than the host has), or ``background_tasks`` the busy
     threads of other programs competing for them (see :func:`background_tasks`).
     """
+    from funcpipe.platforms.local import CFS_PERIOD_US, MIN_CPU_SHARE
     from funcpipe.platforms.local import LAMBDA_CPU_PER_GB as LOCAL_CPU_PER_GB
-    from funcpipe.platforms.local import MIN_CPU_SHARE
     from funcpipe.storage.throttle import LinkConfig
 
     host = len(os.sched_getaffinity(0))
@@ -264,6 +268,7 @@ def local_platform(
         background_tasks=background_tasks,
         link=LinkProfile.from_link_config(link if link is not None else LinkConfig()),
         startup_s=None,
+        cpu_quota_period_s=CFS_PERIOD_US / 1e6,
     )
 
 

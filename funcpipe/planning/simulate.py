@@ -247,6 +247,7 @@ class _Function:
             Lane.DOWNLOAD: _Pool(self, "download", 1),
         }
         self.counts = _Counts()
+        self.quota_index, self.quota_left = -1, 0.0  # CPU quota: current period, CPU-s left
         self.busy: list[tuple[float, float]] = []  # intervals with bytes or latency in flight
 
     def cpu_then(self, nbytes: float, then: Callable[[], None]) -> None:
@@ -500,6 +501,7 @@ class _Sim:
             if w != CLIENT
         }
         self.cpus = [platform.cpus(s.memory_mb) for s in plan.stages]
+        self.quota_period = getattr(platform, "cpu_quota_period_s", None)
         self._work: dict[tuple[Any, ...], float] = {}
 
     def profile_transfer_s(self, nbytes: float) -> float:
@@ -557,7 +559,9 @@ class _Sim:
         actions = self.schedule[w]
         deps = {a: local_deps(a, actions) for a in actions}
         cpus = self.cpus[w.stage]
-        demand = min(cpus, float(max(1, math.floor(cpus + 1e-9))))
+        threads = float(max(1, math.floor(cpus + 1e-9)))
+        # Under a quota per period the threads run at full speed while quota lasts.
+        demand = threads if self.quota_period else min(cpus, threads)
         for step in range(self.steps):
             start = self.kernel.now
             done: dict[Action, _Event] = {}  # an action's event; made early if waited for
@@ -595,9 +599,7 @@ class _Sim:
                             yield from self.all_reduce(fn, step, a.stage)
                         sync += self.kernel.now - t0
                     else:
-                        solo = self.work(a)
-                        one = self.work(a, 1.0) if solo > 0 else 0.0
-                        yield self.cpu.run(solo, demand, one / solo if solo > 0 else 1.0)
+                        yield from self.run_compute(fn, a, demand)
                         compute += self.kernel.now - t0
                     finished(a, self.kernel.event_at(self.kernel.now))
                     self.record(w, step, label, "compute", t0, self.kernel.now)
@@ -611,6 +613,35 @@ class _Sim:
             self.sync[(w, step)] = sync
             report = fn.upload_task(("report", step, w), REPORT_BYTES_PER_ACTION * len(actions))
             yield fn.direct(report)
+
+    def run_compute(self, fn: _Function, a: Action, demand: float) -> Generator[Any, None, None]:
+        """Compute ``a`` on ``fn``'s CPU share, sharing the host's cores with other functions.
+
+        Without a quota period a share below the thread count slows the work down uniformly.
+        With one (CFS bandwidth control), the threads run at full speed and spend ``share x
+        period`` CPU-seconds per period; once that is spent they wait for the next period. A
+        function that mostly waits for transfers therefore computes at full speed.
+        """
+        cpus = self.cpus[a.stage]
+        if not self.quota_period or cpus >= demand - 1e-9:
+            solo = self.work(a)
+            one = self.work(a, 1.0) if solo > 0 else 0.0
+            yield self.cpu.run(solo, demand, one / solo if solo > 0 else 1.0)
+            return
+        full = self.work(a, demand)  # seconds with its threads unthrottled
+        one = self.work(a, 1.0) / full if full > 0 else 1.0
+        period, left = self.quota_period, full
+        while left > 1e-12:
+            index = math.floor(self.kernel.now / period + 1e-9)
+            if index != fn.quota_index:
+                fn.quota_index, fn.quota_left = index, cpus * period
+            if fn.quota_left <= 1e-12:
+                yield (index + 1) * period - self.kernel.now  # throttled until the next period
+                continue
+            chunk = min(left, fn.quota_left / demand)
+            yield self.cpu.run(chunk, demand, one)
+            left -= chunk
+            fn.quota_left -= chunk * demand
 
     def all_reduce(self, fn: _Function, step: int, s: int) -> Generator[Any, None, None]:
         """The runtime's all_reduce for replica ``fn.worker.replica`` of stage ``s``."""

@@ -105,11 +105,14 @@ def _balanced_cut(work: list[float], parts: int) -> tuple[int, ...]:
     return tuple(reversed(cut))
 
 
-def tpdmp_plans(space: SearchSpace) -> Iterator[Plan]:
+def tpdmp_stages(space: SearchSpace, replicas: int | None = 1) -> Iterator[tuple[int, Stages]]:
+    """(micro-batches, stages) of the TPDMP-like partitions: one memory size, stages balanced by
+    compute, for every stage count; ``replicas`` per stage (None: every count that divides M)."""
     prof = space.profile
     b = space.bounds
     for m in space.micro_batch_counts:
         mu = space.micro_batch(m)
+        reps = space.replica_counts(m) if replicas is None else [replicas]
         for mem in space.memory_choices:
             cpus = float(space.platform.cpus(mem))
             work = [
@@ -121,12 +124,14 @@ def tpdmp_plans(space: SearchSpace) -> Iterator[Plan]:
             ]
             for parts in range(1, space.num_groups + 1):
                 cut = _balanced_cut(work, parts)
-                stages = [(i, k, mem, 1) for i, k in zip(cut, cut[1:], strict=False)]
-                if _fits(space, m, stages):
-                    yield space.plan(m, stages)
+                for d in reps:
+                    stages = [(i, k, mem, d) for i, k in zip(cut, cut[1:], strict=False)]
+                    if _fits(space, m, stages):
+                        yield m, stages
 
 
-def lambdaml_plans(space: SearchSpace) -> Iterator[Plan]:
+def lambdaml_stages(space: SearchSpace) -> Iterator[tuple[int, Stages]]:
+    """(micro-batches, stages) of pure data parallelism: the whole model on M functions."""
     k = space.num_groups
     for m in space.micro_batch_counts:
         if space.max_replicas is not None and m > space.max_replicas:
@@ -134,25 +139,34 @@ def lambdaml_plans(space: SearchSpace) -> Iterator[Plan]:
         for mem in space.memory_choices:
             stages = [(0, k, mem, m)]
             if _fits(space, m, stages):
-                yield space.plan(m, stages)
+                yield m, stages
 
 
-def seed_plans(space: SearchSpace) -> list[Plan]:
-    """A few cheap, reasonable plans that give the exact search an incumbent to prune with."""
-    seeds: list[Plan] = []
-    k = space.num_groups
-    for m in space.micro_batch_counts:
-        for mem in reversed(space.memory_choices):
-            for parts in (1, min(k, 4), k):
-                cut = [round(i * k / parts) for i in range(parts + 1)]
-                stages = [(i, j, mem, 1) for i, j in zip(cut, cut[1:], strict=False)]
-                if _fits(space, m, stages):
-                    seeds.append(space.plan(m, stages))
-                    break
-            else:
-                continue
-            break
-    return seeds
+def tpdmp_plans(space: SearchSpace) -> Iterator[Plan]:
+    for m, stages in tpdmp_stages(space):
+        yield space.plan(m, stages)
+
+
+def lambdaml_plans(space: SearchSpace) -> Iterator[Plan]:
+    for m, stages in lambdaml_stages(space):
+        yield space.plan(m, stages)
+
+
+def seed_stages(space: SearchSpace) -> list[tuple[int, Stages]]:
+    """Cheap plans the exact search simulates first (those its bound cannot rule out): every plan
+    of the TPDMP-like and LambdaML-like baselines, and the TPDMP-like partitions with the same
+    number of replicas on every stage. So the optimiser's answer is never worse than those two
+    baselines', and a good plan is known before the search starts pruning."""
+    seen: set[tuple] = set()
+    out = []
+    for m, stages in itertools.chain(
+        tpdmp_stages(space), lambdaml_stages(space), tpdmp_stages(space, replicas=None)
+    ):
+        key = (m, tuple(stages))
+        if key not in seen:
+            seen.add(key)
+            out.append((m, stages))
+    return out
 
 
 def _blackbox(

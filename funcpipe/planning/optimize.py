@@ -30,7 +30,16 @@ from typing import Any
 import numpy as np
 
 from funcpipe.errors import ConfigError, PlanInfeasible
-from funcpipe.planning.bound import Link, Options, Prices, link_of, plan_bound, prices_of
+from funcpipe.planning.bound import (
+    Link,
+    Options,
+    Partial,
+    Prices,
+    extend,
+    link_of,
+    plan_bound,
+    prices_of,
+)
 from funcpipe.planning.plan import Plan
 from funcpipe.planning.space import (
     DEFAULT_MAX_GROUPS,
@@ -181,11 +190,10 @@ def infeasible_message(limits: Limits, space: SearchSpace, closest: Candidate | 
 
 
 class _Node:
-    __slots__ = ("m", "pos", "fill", "drain", "sync0", "t", "gb", "funcs", "stages", "reqs")
+    __slots__ = ("m", "pos", "state", "stages")
 
-    def __init__(self, m, pos, fill, drain, sync0, t, gb, funcs, stages, reqs):  # noqa: ANN001
-        self.m, self.pos, self.fill, self.drain, self.sync0 = m, pos, fill, drain, sync0
-        self.t, self.gb, self.funcs, self.stages, self.reqs = t, gb, funcs, stages, reqs
+    def __init__(self, m: int, pos: int, state: Partial, stages: tuple) -> None:
+        self.m, self.pos, self.state, self.stages = m, pos, state, stages
 
 
 def _children(
@@ -195,24 +203,8 @@ def _children(
     a = opts.at(node.pos)
     if a["k"].size == 0:
         return []
-    first = node.pos == 0
-    sync0 = a["sync"] if first else node.sync0
-    ts = node.fill + a["load"] + np.maximum(a["sync"], node.drain + sync0)
-    ts = np.maximum(ts, np.maximum(node.fill + a["f"] + a["up"], a["down"]))
-    t_part = np.maximum(node.t, ts)
-    fill = node.fill + a["f"] + a["cross"]
-    drain = node.drain + a["b"] + a["cross"]
-    rest_t = np.where(
-        a["last"], 0.0, np.maximum(fill + a["rest_fb"] + drain + sync0, fill + a["rest_load"])
-    )
-    t_lb = np.maximum(t_part, rest_t)
-    gb = node.gb + a["gb"]
-    funcs = node.funcs + a["d"]
-    reqs = node.reqs + a["req"]
-    # the functions still to come live the whole iteration: at least their memory times the
-    # time bound, and at least the GB-seconds their compute needs
-    rest = np.maximum(t_lb * a["rest_gb"], a["rest_gbs"])
-    cost_lb = prices.gb_second * (t_lb * gb + rest) + reqs + prices.polls(t_lb)
+    new = extend(node.state, a, node.pos == 0, prices, opts.link.latency_s)
+    t_lb, cost_lb = new["t_lb"], new["cost_lb"]
     obj = w.cost * cost_lb + w.time * t_lb
     keep = (obj * (1 - SLACK) < incumbent) & np.isfinite(cost_lb)
     if lim.deadline is not None:
@@ -220,17 +212,57 @@ def _children(
     if lim.budget is not None:
         keep &= cost_lb * (1 - SLACK) <= lim.budget
     if lim.max_functions is not None:
-        keep &= funcs + np.where(a["last"], 0, 1) <= lim.max_functions
+        keep &= new["funcs"] + np.where(a["last"], 0, 1) <= lim.max_functions
     out = []
+    fields = [(f, new[f]) for f in _STATE]
     for idx in np.flatnonzero(keep):
         stage = (node.pos, int(a["k"][idx]), int(a["mem"][idx]), int(a["d"][idx]))
-        child = _Node(
-            node.m, stage[1], float(fill[idx]), float(drain[idx]),
-            float(sync0[idx]) if first else node.sync0, float(t_part[idx]),
-            float(gb[idx]), int(funcs[idx]), (*node.stages, stage), float(reqs[idx]),
-        )  # fmt: skip
-        out.append((float(obj[idx]), child))
+        state = Partial(**{f: float(v[idx]) for f, v in fields})
+        out.append((float(obj[idx]), _Node(node.m, stage[1], state, (*node.stages, stage))))
     return out
+
+
+_STATE = tuple(Partial.__dataclass_fields__)
+
+
+def _seed(
+    space: SearchSpace,
+    opts: dict[int, Options],
+    link: Link,
+    prices: Prices,
+    w: Weights,
+    lim: Limits,
+    simulate: Callable[[_Node, float], None],
+    incumbent: Callable[[], float],
+    t0: float,
+    time_limit_s: float | None,
+) -> dict[str, Any]:
+    """Simulate the baselines' cheap plans (`baselines.seed_stages`) in increasing bound order,
+    skipping those whose bound cannot beat the best so far, until ``time_limit_s``."""
+    from funcpipe.planning.baselines import seed_stages
+
+    scored = []
+    for m, stages in seed_stages(space):
+        if lim.max_functions is not None and sum(d for *_, d in stages) > lim.max_functions:
+            continue
+        t, cost, obj = plan_bound(space, m, stages, link, prices, w, opts=opts[m])
+        if lim.deadline is not None and t * (1 - SLACK) > lim.deadline:
+            continue
+        if lim.budget is not None and cost * (1 - SLACK) > lim.budget:
+            continue
+        scored.append((obj, m, stages))
+    scored.sort(key=lambda x: x[0])
+    simulated = 0
+    complete = True
+    for obj, m, stages in scored:
+        if obj * (1 - SLACK) >= incumbent():
+            break
+        if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
+            complete = False
+            break
+        simulated += 1
+        simulate(_Node(m, space.num_groups, Partial(fill=0.0), tuple(stages)), obj)
+    return {"seeds": len(scored), "seeds_simulated": simulated, "seeds_complete": complete}
 
 
 def search(
@@ -241,6 +273,7 @@ def search(
     prices: Prices,
     time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
     dive_every: int = 200,
+    max_nodes: int | None = None,
 ) -> Solution:
     """Exact best-first search over ``space`` (see the module docstring).
 
@@ -257,7 +290,7 @@ def search(
     tick = itertools.count()
     opts = {m: Options(space, m, link, prices) for m in space.micro_batch_counts}
     for m, o in opts.items():
-        node = _Node(m, 0, o.input_dn, 0.0, 0.0, 0.0, 0.0, 0, (), prices.client(m))
+        node = _Node(m, 0, Partial(fill=o.input_dn, reqs=prices.client(m)), ())
         heapq.heappush(heap, (0.0, next(tick), node))
     nodes = 0
     violations = 0
@@ -275,13 +308,20 @@ def search(
         elif closest is None or c.objective < closest.objective:
             closest = c
 
+    def best_objective() -> float:
+        return best.objective if best is not None else math.inf
+
+    seeds = _seed(space, opts, link, prices, w, lim, simulate, best_objective,
+                  t0, None if time_limit_s is None else time_limit_s / 2)  # fmt: skip
     lb = 0.0
     while heap:
         lb, _, node = heapq.heappop(heap)
         incumbent = best.objective if best is not None else math.inf
         if lb * (1 - SLACK) >= incumbent:
             break
-        if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
+        if (time_limit_s is not None and time.perf_counter() - t0 > time_limit_s) or (
+            max_nodes is not None and nodes >= max_nodes
+        ):
             proven = False
             break
         if node.pos == space.num_groups:
@@ -304,7 +344,7 @@ def search(
                 simulate(cur, obj)
     gap = 0.0
     if not proven and best is not None:
-        gap = max(0.0, best.objective / max(lb, 1e-300) - 1)
+        gap = max(0.0, best.objective / lb - 1) if lb > 0 else math.inf
     sol = Solution(
         method="optimal",
         best=best,
@@ -318,6 +358,7 @@ def search(
             "proven_optimal": proven,
             "gap": gap,
             "dives": dives,
+            **seeds,
         },  # fmt: skip
     )
     if best is None:
@@ -345,6 +386,7 @@ def solve(
     seed: int = 0,
     prediction_budget: int | None = None,
     time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
+    max_nodes: int | None = None,
 ) -> Solution:
     """Run one search method ("optimal" or a baseline, see `baselines.METHODS`)."""
     from funcpipe.planning import baselines
@@ -359,7 +401,7 @@ def solve(
     evaluate = Evaluator(predictor, w, limits)
     if method == "optimal":
         return search(space, evaluate, link=link_of(platform), prices=prices_of(platform),
-                      time_limit_s=time_limit_s)  # fmt: skip
+                      time_limit_s=time_limit_s, max_nodes=max_nodes)  # fmt: skip
     return baselines.run(method, space, evaluate, seed=seed, prediction_budget=prediction_budget)
 
 

@@ -109,7 +109,7 @@ class FakePredictor:
         self.calls = 0
 
     def __call__(self, plan: Plan) -> SimpleNamespace:
-        from funcpipe.planning.bound import link_of, plan_bound, prices_of
+        from funcpipe.planning.bound import Options, link_of, plan_bound, prices_of
         from funcpipe.planning.space import SearchSpace, Weights
 
         self.calls += 1
@@ -132,7 +132,10 @@ class FakePredictor:
         req = prices_of(pf)
         last = plan.num_stages - 1
         cost = time_s * gb * pr.gb_second + req.client(m) + req.polls(time_s) * 1.5
-        cost += sum(req.stage(m, s.replicas, i == last) for i, s in enumerate(plan.stages))
+        # the all-reduce's requests as the runtime splits it (sub-chunks of about 1 MB)
+        opts = Options(space, m, link_of(pf), req)
+        cost += sum(req.stage(m, s.replicas, i == last, opts.subchunks(i, i + 1, s.replicas))
+                    for i, s in enumerate(plan.stages))  # fmt: skip
         mems = [
             stage_memory_mb(
                 p,

@@ -177,6 +177,50 @@ def test_baselines_never_beat_the_optimum() -> None:
     assert bb.predictions <= 5
 
 
+BASELINES = ("tpdmp", "lambdaml", "bayes", "random")
+
+
+@pytest.mark.parametrize("seed", [2, 19, 23, 41])
+def test_the_optimiser_is_never_worse_than_a_baseline(seed) -> None:
+    """Deeper instances (8 layers in 6 groups, up to 8 micro-batches): the optimiser's objective
+    is at most every baseline's, the black-box ones given as many simulations."""
+    prof = random_profile(random.Random(seed), 8)
+    kw = {"max_groups": 6, "max_micro_batches": 8}
+    best = solve(prof, PLATFORM, batch_size=8, predictor=FakePredictor(prof, PLATFORM, 8), **kw)
+    assert best.extra["proven_optimal"]
+    for method in BASELINES:
+        other = solve(prof, PLATFORM, batch_size=8, method=method, predictor=FakePredictor(
+            prof, PLATFORM, 8), prediction_budget=best.predictions, **kw)  # fmt: skip
+        assert other.best is not None, method
+        assert best.best.objective <= other.best.objective * (1 + 1e-12), method
+
+
+@pytest.mark.parametrize("seed", [2, 19, 23, 41])
+def test_a_search_cut_short_still_beats_tpdmp_and_lambdaml(seed) -> None:
+    """With no node expanded (max_nodes=0), the seeds alone: the answer is at most the
+    TPDMP-like and LambdaML-like baselines' and the gap says it is not proven."""
+    prof = random_profile(random.Random(seed), 8)
+    kw = {"max_groups": 6, "max_micro_batches": 8}
+    cut = solve(prof, PLATFORM, batch_size=8, predictor=FakePredictor(prof, PLATFORM, 8),
+                max_nodes=0, **kw)  # fmt: skip
+    assert cut.extra["seeds_complete"] and cut.nodes == 0
+    assert not cut.extra["proven_optimal"] and cut.extra["gap"] > 0
+    for method in ("tpdmp", "lambdaml"):
+        other = solve(prof, PLATFORM, batch_size=8, method=method,
+                      predictor=FakePredictor(prof, PLATFORM, 8), **kw)  # fmt: skip
+        assert cut.best.objective <= other.best.objective * (1 + 1e-12), method
+
+
+def test_the_optimiser_beats_the_baselines_through_predict(cnn_profile) -> None:
+    space = {"max_groups": 4, "max_micro_batches": 4, "memory_choices": (1024, 2048, 3538)}
+    best = solve(cnn_profile, "aws-lambda", batch_size=8, **space)
+    assert best.extra["proven_optimal"] and best.extra["bound_violations"] == 0
+    for method in BASELINES:
+        other = solve(cnn_profile, "aws-lambda", batch_size=8, method=method,
+                      prediction_budget=best.predictions, **space)  # fmt: skip
+        assert best.best.objective <= other.best.objective * (1 + 1e-12), method
+
+
 def test_lambdaml_is_one_stage_and_tpdmp_has_no_replicas() -> None:
     prof, pred = _instance(11, 3, 4)
     dp = _solve(prof, pred, 4, "lambdaml")

@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   set up .venv, then train a small CNN on 2 stages x 2 replicas of local functions
+#   make demo   set up .venv, then plan and train a small CNN on local functions
 #   make test   set up .venv, then lint and run the test suite
 VENV ?= .venv
 export VENV

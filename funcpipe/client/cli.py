@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
@@ -62,6 +63,64 @@ def _plan(plan_file: Path | None, num_layers: int, stages: int, replicas: int, m
     )  # fmt: skip
 
 
+HAND_MADE = ("stages", "replicas", "memory_mb")
+PLAN_TIME_LIMIT_S = 10.0  # `funcpipe train` plans quickly; `funcpipe plan` searches longer
+
+
+def _hand_made(ctx: click.Context) -> bool:
+    """Whether the user gave --stages, --replicas or --memory-mb (a Plan.even plan)."""
+    from click.core import ParameterSource
+
+    return any(
+        ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT) for name in HAND_MADE
+    )
+
+
+def _planned(model_name: str, batch_size: int, micro_batches: int | None, platform: str,
+             link: LinkConfig) -> Any:  # fmt: skip
+    """The planner's choice for this run: profile the model (cached), then `solve` for the
+    platform the job runs on (the local emulator with this run's link, or AWS Lambda)."""
+    from funcpipe.client.plan_report import plan_table
+    from funcpipe.planning.optimize import solve
+    from funcpipe.planning.platforms import get_platform, local_platform
+
+    prof = model_profile(model_name, echo=click.echo)
+    # lithops' localhost backend runs its functions on this host too
+    target = get_platform("aws-lambda") if platform == "aws-lambda" else local_platform(link)
+    sol = solve(prof, target, batch_size=batch_size, time_limit_s=PLAN_TIME_LIMIT_S,
+                micro_batch_counts=None if micro_batches is None else [micro_batches])  # fmt: skip
+    best = sol.best
+    if best is None:
+        raise PlanInfeasible(sol.note + "; or give a plan: --plan FILE or --stages/--replicas")
+    kind = "image" if model_name == DEMO_MODEL else _kind(model_name)
+    iters = max(1, EPOCH_SAMPLES[kind] // batch_size)
+    exact = (
+        "optimal: no plan of the search space predicts better"
+        if sol.extra.get("proven_optimal", True)
+        else f"best found in the time limit, at most {sol.extra['gap']:.0%} above the optimum"
+    )
+    click.echo(f"planner   {sol.predictions} plans simulated in {sol.solve_s:.1f} s for "
+               f"{target.name} ({exact}); minimising 1*cost + 0.001*time per iteration; "
+               "--stages/--replicas/--memory-mb or --plan give your own")  # fmt: skip
+    for line in plan_table(best, prof.layer_names, iters):
+        click.echo(f"          {line}")
+    return best
+
+
+def _predicted_vs_measured(pred: Any, history: list) -> str:
+    """The planner's prediction beside what the run measured (steady state: steps after 0)."""
+    steady = [h.iteration_s for h in history[1:]] or [history[0].iteration_s]
+    steady = sorted(steady)
+    measured = steady[len(steady) // 2]
+    err = (pred.time_s - measured) / measured if measured > 0 else float("nan")
+    cost = sorted(h.cost_usd for h in history[1:] or history)[len(steady) // 2]
+    return (
+        f"predicted {pred.time_s:.3f} s and ${pred.cost_usd:.6f} per iteration; measured "
+        f"{measured:.3f} s and ${cost:.6f} (median of {len(steady)} step(s) after the first): "
+        f"prediction {err:+.0%} off"
+    )
+
+
 def _check_writable(path: Path | None, option: str = "--json-out") -> None:
     """Fail before training, not after it, when an output file cannot be written."""
     if path is None:
@@ -94,21 +153,23 @@ def _check_writable(path: Path | None, option: str = "--json-out") -> None:
     default=2,
     show_default=True,
     type=click.IntRange(min=1),
-    help="pipeline stages (layers split evenly); ignored with --plan",
+    help="pipeline stages (layers split evenly: Plan.even); without --stages, --replicas, "
+    "--memory-mb and --plan, the planner chooses the plan",
 )
 @click.option(
     "--replicas",
     default=2,
     show_default=True,
     type=click.IntRange(min=1),
-    help="functions per stage (data parallelism); ignored with --plan",
+    help="functions per stage (data parallelism; with --stages/--memory-mb a hand-made plan); "
+    "ignored with --plan",
 )
 @click.option(
     "--memory-mb",
     default=2048,
     show_default=True,
     type=int,
-    help="memory of each function; ignored with --plan",
+    help="memory of each function (a hand-made plan, as --stages); ignored with --plan",
 )
 @click.option(
     "--plan",
@@ -255,14 +316,19 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
     _check_writable(trace_out, "--trace")
     _check_writable(save_to, "--save")
     job = make_job(model_name, batch_size=batch_size, data_dir=data_dir, seed=seed)
-    plan = _plan(plan_file, len(job.model), stages, replicas, memory_mb, micro_batches)
-    plan.check_model(len(job.model))  # before printing the stages, so no wrong plan is shown
-    plan.check_batch(batch_size)
-    options["plan"] = json.loads(plan.to_json())
     # The emulated link belongs to local functions; a cloud's functions have a real one.
     emulate = platform == "local" and not no_throttle
     link = LinkConfig(up_mb_s=bandwidth, down_mb_s=bandwidth, latency_s=latency_ms / 1000,
                       enabled=emulate)  # fmt: skip
+    planned = None
+    if plan_file is None and not _hand_made(click.get_current_context()):
+        planned = _planned(model_name, batch_size, micro_batches, platform, link)
+        plan = planned.plan
+    else:
+        plan = _plan(plan_file, len(job.model), stages, replicas, memory_mb, micro_batches)
+    plan.check_model(len(job.model))  # before printing the stages, so no wrong plan is shown
+    plan.check_batch(batch_size)
+    options["plan"] = json.loads(plan.to_json())
     data_ref = _stored_data_ref(storage, stored_data) if stored_data else None
     params = sum(p.numel() for p in job.model.parameters())
     click.echo(f"model     {model_name}: {len(job.model)} layers, {params / 1e6:.2f} M parameters")
@@ -315,6 +381,8 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
         click.echo(f"cost      compute ${parts['compute_usd']:.6f}, requests "
                    f"${parts['request_usd']:.6f}, start-up ${parts['startup_usd']:.6f}; cold "
                    f"start {starts[len(starts) // 2]:.2f} s per function (median)")  # fmt: skip
+    if planned is not None:
+        click.echo(_predicted_vs_measured(planned.prediction, result.history))
     if json_out is not None:
         json_out.write_text(json.dumps(
             {"plan": json.loads(plan.to_json()), "history": [h.__dict__ for h in result.history]},
@@ -595,7 +663,9 @@ def plan_cmd(model_name: str, batch_size: int, platform_name: str, weights: tupl
         click.echo(line)
     click.echo(f"solved in {sol.solve_s:.2f} s: {sol.predictions} plans simulated, "
                f"{sol.nodes} partial plans expanded over {sol.space.num_groups} layer groups; "
-               f"exact: no unsimulated plan can beat it")  # fmt: skip
+               + ("exact: no unsimulated plan can beat it" if sol.extra.get("proven_optimal", True)
+                  else f"stopped at the time limit, at most {sol.extra['gap']:.0%} above the "
+                  "optimum"))  # fmt: skip
     rows: list = [(f"runner-up {i + 1}", c, "") for i, c in enumerate(runners_up(sol))]
     if baselines:
         for method in ("tpdmp", "lambdaml", "bayes"):

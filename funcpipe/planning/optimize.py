@@ -383,6 +383,7 @@ def solve(
     max_micro_batches: int = DEFAULT_MAX_MICRO_BATCHES,
     memory_choices: Sequence[int] | None = None,
     max_replicas: int | None = None,
+    micro_batch_counts: Sequence[int] | None = None,
     seed: int = 0,
     prediction_budget: int | None = None,
     time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
@@ -396,7 +397,8 @@ def solve(
     w = check_inputs(weights, limits)
     space = build_space(profile, platform, batch_size=batch_size, max_groups=max_groups,
                         max_micro_batches=max_micro_batches, memory_choices=memory_choices,
-                        max_replicas=max_replicas)  # fmt: skip
+                        max_replicas=max_replicas,
+                        micro_batch_counts=micro_batch_counts)  # fmt: skip
     predictor = predictor or default_predictor(profile, platform, batch_size)
     evaluate = Evaluator(predictor, w, limits)
     if method == "optimal":
@@ -422,7 +424,7 @@ def optimize(
     ``budget``: USD per iteration; ``deadline``: seconds per iteration; ``max_functions``: total
     functions of the plan. Raises PlanInfeasible naming the limit no plan meets, or the layer
     that fits in no function. ``options`` go to `solve` (max_groups, max_micro_batches,
-    memory_choices, max_replicas, predictor).
+    memory_choices, max_replicas, micro_batch_counts, predictor, time_limit_s, max_nodes).
     """
     return solve(profile, platform, batch_size=batch_size, weights=weights,
                  max_functions=max_functions, budget=budget, deadline=deadline,

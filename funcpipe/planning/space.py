@@ -125,8 +125,13 @@ def build_space(
     max_micro_batches: int = DEFAULT_MAX_MICRO_BATCHES,
     memory_choices: Sequence[int] | None = None,
     max_replicas: int | None = None,
+    micro_batch_counts: Sequence[int] | None = None,
 ) -> SearchSpace:
-    """The plans worth considering, after checking that every layer fits some function."""
+    """The plans worth considering, after checking that every layer fits some function.
+
+    ``micro_batch_counts`` fixes the micro-batch counts to consider (each must divide the batch);
+    by default every divisor up to ``max_micro_batches``.
+    """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     choices = tuple(sorted(set(memory_choices or platform.memory_choices_mb)))
@@ -139,6 +144,14 @@ def build_space(
             "Plan accepts"
         )
     counts = divisors(batch_size, max_micro_batches)
+    if micro_batch_counts is not None:
+        bad = [m for m in micro_batch_counts if m < 1 or batch_size % m]
+        if bad or not micro_batch_counts:
+            raise ConfigError(
+                f"micro-batch counts {list(micro_batch_counts)} must be divisors of the batch "
+                f"size {batch_size} (e.g. {', '.join(map(str, divisors(batch_size)[:6]))})"
+            )
+        counts = tuple(sorted(set(micro_batch_counts)))
     bounds = merge_layers(profile, platform, batch_size, max_groups, choices[-1])
     space = SearchSpace(profile, platform, batch_size, bounds, counts, choices, max_replicas)
     _check_layers_fit(space)

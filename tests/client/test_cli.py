@@ -16,6 +16,8 @@ from funcpipe.errors import FuncPipeError
 
 
 def test_train_demo_learns_and_reports(tmp_path, monkeypatch) -> None:
+    """`funcpipe train` with no plan: the planner profiles the model (cached), chooses the plan,
+    and the run ends with the prediction beside the measurement."""
     monkeypatch.setenv("FUNCPIPE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "history.json"
     result = CliRunner().invoke(
@@ -24,26 +26,88 @@ def test_train_demo_learns_and_reports(tmp_path, monkeypatch) -> None:
          "--storage", f"local://{tmp_path / 'store'}", "--json-out", str(out)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "layers [0, 6) on 2 function(s) of 2048 MB" in result.output
+    assert "profiling cnn on this machine" in result.output
+    assert "planner   " in result.output and "plans simulated" in result.output
     assert "synthetic CIFAR-10 in the real file format" in result.output
-    history = json.loads(out.read_text())["history"]
+    saved = json.loads(out.read_text())
+    history = saved["history"]
     assert len(history) == 8
     assert history[-1]["loss"] < history[0]["loss"]
     assert all(h["cost_usd"] > 0 and h["iteration_s"] > 0 for h in history)
+    plan = saved["plan"]
+    for s, stage in enumerate(plan["stages"]):
+        line = (f"stage {s}   layers [{stage['start']}, {stage['end']}) on {stage['replicas']} "
+                f"function(s) of {stage['memory_mb']} MB")  # fmt: skip
+        assert line in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("predicted ") and "measured" in last and "off" in last, result.output
     written = tmp_path / "cache" / "cifar10-synthetic" / "data_batch_1.bin"
     assert written.stat().st_size % 3073 == 0
 
 
-def test_schedule_command_prints_and_checks() -> None:
-    result = CliRunner().invoke(cli, ["schedule", "--stages", "3", "--replicas", "1,2,3"])
-    assert result.exit_code == 0, result.output
-    assert "stage2-replica2" in result.output and "no deadlock" in result.output
+@pytest.fixture(scope="module")
+def profile_cache(tmp_path_factory):
+    """One profile cache for the planner tests below (the CNN is profiled once)."""
+    return tmp_path_factory.mktemp("cache")
 
 
-def test_models_command_lists_the_zoo() -> None:
-    result = CliRunner().invoke(cli, ["models"])
-    assert result.exit_code == 0
-    assert {"cnn", "resnet101-small", "bert-large"} <= set(result.output.split())
+def test_train_without_a_plan_runs_the_planner(profile_cache, monkeypatch, capsys) -> None:
+    import funcpipe
+    from funcpipe.client.demo import model_profile
+    from funcpipe.planning.platforms import local_platform
+    from funcpipe.storage.throttle import LinkConfig
+
+    monkeypatch.setenv("FUNCPIPE_CACHE", str(profile_cache))
+    seen: dict = {}
+    monkeypatch.setattr(cli_module, "train", _fake_train(seen))
+    code, out = _main(["train", "--batch-size", "16"], monkeypatch, capsys)
+    assert code == 1 and "stopped before training" in out
+    plan = seen["plan"]
+    assert "planner   " in out and "minimising 1*cost + 0.001*time" in out
+    assert "predicted" in out and "per epoch" in out  # the plan table
+    # the plan is the optimiser's for the local emulator with this run's link
+    prof = model_profile("cnn")
+    link = LinkConfig(up_mb_s=70.0, down_mb_s=70.0, latency_s=0.01)
+    pred = funcpipe.predict(plan, prof, local_platform(link), batch_size=16)
+    assert all(n <= s.memory_mb for n, s in zip(pred.memory_mb, plan.stages, strict=True))
+    assert f"micro-batches {plan.micro_batches}, {plan.num_functions} functions" in out
+
+    code, out = _main(["train", "--batch-size", "16", "--micro-batches", "8"], monkeypatch,
+                      capsys)  # fmt: skip
+    assert code == 1 and seen["plan"].micro_batches == 8 and "planner   " in out
+    code, out = _main(["train", "--batch-size", "16", "--micro-batches", "3"], monkeypatch,
+                      capsys)  # fmt: skip
+    assert code == 1 and "must be divisors of the batch size 16" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "stages", "replicas", "memory"),
+    [(["--stages", "3"], 3, 2, 2048), (["--replicas", "1"], 2, 1, 2048),
+     (["--memory-mb", "1024"], 2, 2, 1024)],
+)  # fmt: skip
+def test_explicit_stages_replicas_or_memory_make_a_hand_made_plan(
+    args, stages, replicas, memory, tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("FUNCPIPE_CACHE", str(tmp_path / "cache"))
+    seen: dict = {}
+    monkeypatch.setattr(cli_module, "train", _fake_train(seen))
+    code, out = _main(["train", *args], monkeypatch, capsys)
+    assert code == 1 and "planner" not in out and "profiling" not in out
+    plan = seen["plan"]
+    assert plan.num_stages == stages and plan.micro_batches == 4
+    assert all(s.replicas == replicas and s.memory_mb == memory for s in plan.stages)
+
+
+def test_predicted_vs_measured_uses_the_steps_after_the_first() -> None:
+    from types import SimpleNamespace
+
+    history = [SimpleNamespace(iteration_s=t, cost_usd=c)
+               for t, c in [(5.0, 1.0), (1.0, 0.1), (1.2, 0.2), (0.8, 0.3)]]  # fmt: skip
+    line = cli_module._predicted_vs_measured(SimpleNamespace(time_s=1.1, cost_usd=0.2), history)
+    assert line == (
+        "predicted 1.100 s and $0.200000 per iteration; measured 1.000 s and $0.200000 "
+        "(median of 3 step(s) after the first): prediction +10% off"
+    )
 
 
 def test_bad_input_exits_with_a_clear_message(tmp_path) -> None:
@@ -155,13 +219,13 @@ def test_micro_batches_contradicting_the_plan_is_an_error(tmp_path, monkeypatch,
     assert "stage 0" not in out
 
 
-def test_without_a_plan_micro_batches_defaults_to_four(tmp_path, monkeypatch, capsys) -> None:
+def test_a_hand_made_plan_has_four_micro_batches_by_default(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("FUNCPIPE_CACHE", str(tmp_path / "cache"))
     seen: dict = {}
     monkeypatch.setattr(cli_module, "train", _fake_train(seen))
-    code, _ = _main(["train"], monkeypatch, capsys)
+    code, _ = _main(["train", "--stages", "2"], monkeypatch, capsys)
     assert code == 1 and seen["plan"].micro_batches == 4
-    code, _ = _main(["train", "--micro-batches", "8"], monkeypatch, capsys)
+    code, _ = _main(["train", "--stages", "2", "--micro-batches", "8"], monkeypatch, capsys)
     assert code == 1 and seen["plan"].micro_batches == 8
 
 

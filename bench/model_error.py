@@ -204,7 +204,7 @@ def measure(case: Case, steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=6, help="steps per run (step 0 is skipped)")
+    ap.add_argument("--steps", type=int, default=10, help="steps per run (step 0 is skipped)")
     ap.add_argument("--only", nargs="*", help="run only plans whose name contains one of these")
     args = ap.parse_args()
     if args.steps < 3:

@@ -33,6 +33,10 @@ from funcpipe.client.demo import demo_cnn
 
 def fork_start(repeats: int) -> list[float]:
     """Seconds from fork to the first forward, as the old platform's functions started."""
+    # One thread: a child forked after OpenMP's thread pool has started deadlocks in its first
+    # parallel op (the reason the fork start is gone), so the pool must never start here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     model = demo_cnn()
     x = torch.randn(16, 3, 32, 32)
     model(x)  # the client has run torch before forking, as train() did
@@ -52,6 +56,7 @@ def fork_start(repeats: int) -> list[float]:
             first = float(f.read())
         os.waitpid(pid, 0)
         times.append(first - t0)
+    torch.set_num_threads(threads)
     return times
 
 

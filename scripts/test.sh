@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 "$VENV/bin/ruff" check funcpipe tests bench
 "$VENV/bin/ruff" format --check funcpipe tests bench
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=25 "$@"

@@ -80,6 +80,21 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
+#: Request verbs (as backends name them in their messages) -> the class they are billed in.
+_BILLED = {
+    "GET": "gets", "HEAD": "heads", "EXISTS": "heads", "HEAD-BUCKET": "heads",
+    "PUT": "puts", "SET": "puts", "CREATE-BUCKET": "puts",
+    "LIST": "lists", "SCAN": "lists", "DELETE-MANY": "bulk_deletes",
+    "DELETE": "deletes", "DEL": "deletes",
+}  # fmt: skip
+
+
+def billed_class(what: str) -> str:
+    """The billed class of a request described as "<backend> <VERB> of ...": GET -> "gets"."""
+    words = what.split()
+    return _BILLED.get(words[1] if len(words) > 1 else "", "gets")
+
+
 class Storage(abc.ABC):
     """Byte objects under '/'-separated keys. Implementations must make ``put`` atomic."""
 
@@ -92,6 +107,10 @@ class Storage(abc.ABC):
     retry: RetryPolicy = RetryPolicy()
     #: Injected faults (tests); None in normal operation.
     faults: FaultInjector | None = None
+    #: Told of every request sent beyond one per operation (a retried attempt, the parts of a
+    #: multipart transfer) with its billed class ("puts", "gets", ...), so that a counting
+    #: wrapper (ThrottledStorage) bills what really went over the wire.
+    on_extra_request: Callable[[str, int], None] | None = None
 
     @abc.abstractmethod
     def put(self, key: str, data: bytes) -> None:
@@ -174,9 +193,21 @@ class Storage(abc.ABC):
         Retried under :attr:`retry`; faults from :attr:`faults` are injected under the retries.
         """
         faults = self.faults
-        if faults is None:
-            return call_with_retries(self.retry, what, fn)
-        return call_with_retries(self.retry, what, lambda: faults.around(fn))
+        attempts = 0
+
+        def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                self._extra_requests(billed_class(what), 1)
+            return fn() if faults is None else faults.around(fn)
+
+        return call_with_retries(self.retry, what, attempt)
+
+    def _extra_requests(self, billed: str, count: int) -> None:
+        hook = self.on_extra_request
+        if hook is not None and count > 0:
+            hook(billed, count)
 
     def configure_requests(
         self, retry: RetryPolicy | None = None, faults: FaultInjector | None = None

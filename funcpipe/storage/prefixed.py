@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from funcpipe.storage.base import Storage, validate_key, validate_prefix
 
 __all__ = ["PrefixedStorage"]
@@ -20,6 +22,15 @@ class PrefixedStorage(Storage):
 
     def __repr__(self) -> str:
         return f"PrefixedStorage({self.inner!r}, {self.prefix[:-1]!r})"
+
+    @property  # type: ignore[override]
+    def on_extra_request(self) -> Callable[[str, int], None] | None:
+        """The hook lives on the storage that sends the requests."""
+        return self.inner.on_extra_request
+
+    @on_extra_request.setter
+    def on_extra_request(self, hook: Callable[[str, int], None] | None) -> None:
+        self.inner.on_extra_request = hook
 
     def _full(self, key: str) -> str:
         return self.prefix + validate_key(key)

@@ -309,8 +309,10 @@ class S3Storage(Storage):
             )
             return {"PartNumber": i + 1, "ETag": resp["ETag"]}
 
+        count = -(-view.nbytes // part)
+        self._extra_requests("puts", count + 1)  # create, parts, complete: one put is billed
         try:
-            parts = list(self._pool().map(send, range(-(-view.nbytes // part))))
+            parts = list(self._pool().map(send, range(count)))
             self._call(
                 "PUT", key, "complete_multipart_upload", UploadId=upload,
                 MultipartUpload={"Parts": parts}, **where,
@@ -349,6 +351,7 @@ class S3Storage(Storage):
                 return head
             buf = bytearray(total)
             buf[: len(head)] = head
+            self._extra_requests("gets", len(range(len(head), total, part)))
             fetch = functools.partial(self._fetch_range, key, where, etag, buf, part)
             try:
                 list(self._pool().map(fetch, range(len(head), total, part)))

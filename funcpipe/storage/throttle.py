@@ -166,6 +166,8 @@ class ThrottledStorage(Storage):
         self.link = link or LinkConfig(enabled=False)
         self.stats = LinkStats()
         self.poll_max_s = inner.poll_max_s
+        # Retried attempts and multipart requests are requests too: bill them.
+        inner.on_extra_request = self._count_extra
         # Burst of ~2 ms of traffic (at least 16 KiB) keeps the measured rate within ~1 %.
         self._up = TokenBucket(self.link.up_mb_s * MB, max(16384, self.link.up_mb_s * MB * 0.002))
         self._down = TokenBucket(
@@ -174,6 +176,9 @@ class ThrottledStorage(Storage):
 
     def __repr__(self) -> str:
         return f"ThrottledStorage({self.inner!r}, {self.link!r})"
+
+    def _count_extra(self, billed: str, count: int) -> None:
+        self.stats.add(**{billed: count})
 
     def _stream(self, bucket: TokenBucket, size: int) -> None:
         """Move ``size`` bytes through ``bucket`` in slices, so concurrent requests share it."""

@@ -211,6 +211,39 @@ def test_large_objects_move_in_parallel_parts_when_asked(url: str) -> None:
     store.close()
 
 
+def test_every_request_of_a_multipart_transfer_is_billed(url: str) -> None:
+    from funcpipe.storage.throttle import ThrottledStorage
+
+    inner = open_storage(f"{url}&part_mb=5&parallel_parts=3")
+    link = ThrottledStorage(inner)
+    ops = record_operations(inner)
+    data = bytes(range(256)) * 50_000  # 12.8 MB: three parts each way
+    link.put("big", memoryview(data))
+    assert link.get("big") == data
+    stats = link.stats.as_dict()
+    sent_puts = sum(op != "GetObject" for op in ops)  # create, 3 parts, complete
+    assert (stats["puts"], stats["gets"]) == (sent_puts, ops.count("GetObject")) == (5, 3)
+    inner.close()
+
+
+def test_retried_attempts_are_billed(url: str) -> None:
+    from funcpipe.storage.throttle import ThrottledStorage
+
+    inner = open_storage(f"{url}&faults=0.3&faults_seed=3")
+    link = ThrottledStorage(inner)
+    ops = record_operations(inner)
+    for i in range(20):
+        link.put(f"k/{i}", b"x")
+        assert link.get(f"k/{i}") == b"x"
+    stats = link.stats.as_dict()
+    # Injected faults fail some attempts before or after they reach the server, so the
+    # attempts the bill counts are at least the requests the server saw, and more than 20 each.
+    assert stats["puts"] >= ops.count("PutObject") >= 20
+    assert stats["gets"] >= ops.count("GetObject") >= 20
+    assert stats["puts"] + stats["gets"] > 40  # failed attempts were retried
+    inner.close()
+
+
 def test_on_aws_parts_are_parallel_by_default_elsewhere_single(url: str) -> None:
     from funcpipe.storage.s3 import S3Options
 

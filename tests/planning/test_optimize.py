@@ -259,10 +259,13 @@ def test_optimum_equals_exhaustive_search_through_predict(cnn_profile, platform,
     assert all(n <= s.memory_mb for n, s in zip(need, best.plan.stages, strict=True))
 
 
-def test_real_bound_never_exceeds_the_prediction(cnn_profile) -> None:
+@pytest.mark.parametrize("platform", ["aws-lambda", "local"])
+def test_real_bound_never_exceeds_the_prediction(cnn_profile, platform) -> None:
+    """Every plan of the space, including (on `local`) CPU shares below one core, which the
+    emulator's quota per period lets run at full speed while the quota lasts."""
     from funcpipe.planning.platforms import get_platform
 
-    pf = get_platform("aws-lambda")
+    pf = get_platform(platform)
     ref = solve(cnn_profile, pf, batch_size=4, method="exhaustive", **REAL_SPACE)
     space = ref.space
     for c in ref.candidates:

@@ -360,8 +360,11 @@ def train_cmd(model_name: str, steps: int, batch_size: int, micro_batches: int |
     if resume_job:
         click.echo(f"resumed   job {job_id} at step {result.history[0].step}")
     for r in result.recoveries:
+        lost = (f", {r.redone_steps} step(s) redone, {r.lost_s:.1f} s lost"
+                if r.kind == "failure" else "")  # fmt: skip
         click.echo(f"relaunch  {r.kind}: {r.message.splitlines()[0]} -> generation "
-                   f"{r.generation} from step {r.resumed_from}")  # fmt: skip
+                   f"{r.generation} from step {r.resumed_from} (training again after "
+                   f"{r.recover_s:.1f} s{lost})")  # fmt: skip
     click.echo(f"{'step':>5} {'loss':>9} {'iter s':>8} {'cost $':>10}"
                + (f" {'val loss':>9} {'val acc':>8}" if eval_every else ""))  # fmt: skip
     for h in result.history:

@@ -67,6 +67,14 @@ class Recovery:
     detect_s: float | None  # for hangs: last sign of life to detection
     detected_at: float  # wall clock when the client noticed (or planned the stop)
     recover_s: float = 0.0  # detection (or planned stop) to the new generation's first report
+    # recover_s in parts: the client's clean-up and start calls, then the new generation's cold
+    # start (first invocation to its last function ready, checkpoint restored), then its first step.
+    relaunch_s: float = 0.0
+    startup_s: float | None = None  # None: it failed before its first report
+    # The work thrown away: steps finished since the checkpoint that run again, and the time from
+    # reaching that checkpoint's step (or the failed generation's launch) to the detection.
+    redone_steps: int = 0
+    lost_s: float = 0.0
 
 
 class Lost(Exception):
@@ -218,6 +226,7 @@ class FunctionManager:
         self.checkpoint_writes: list[tuple[int, float]] = []  # (step, slowest piece's seconds)
         self.base: ckpt.Checkpoint | None = None  # where a rollback goes: latest complete
         self._last_report_at: float | None = None
+        self._boundary_at: dict[int, float] = {}  # step boundary -> when this generation got there
         self._pending: tuple[dict[str, Any], float] | None = None
         self.restarts = 0
         self._awaited: int | None = None  # a periodic checkpoint not yet seen complete
@@ -256,6 +265,7 @@ class FunctionManager:
             gen.invocations[WorkerId(s, r)] = self.platform.start(spec, payload)
             gen.watch[WorkerId(s, r)] = _Watch(changed=now)
         self._last_report_at = None
+        self._boundary_at = {first_step: gen.launched_mono}
         self._awaited = None
 
     def cancel(self, gen: _Generation) -> None:
@@ -385,12 +395,15 @@ class FunctionManager:
                 reports = self.wait_keys(
                     [keys.report(t, s, r) for s, r in self.functions], f"step {t}"
                 )
-                self._note_step(reports)
+                self._note_step(t, reports)
                 on_reports(t, reports)
                 if self._pending is not None:
                     event, t0 = self._pending
+                    startup = max(r["ready_at"] for r in reports) - min(
+                        r["invoked_at"] for r in reports
+                    )
                     self.recoveries.append(
-                        Recovery(**event, recover_s=time.monotonic() - t0)  # type: ignore[arg-type]
+                        Recovery(**event, recover_s=time.monotonic() - t0, startup_s=startup)
                     )
                     self._pending = None
                 self._plan_stop(t)
@@ -409,8 +422,9 @@ class FunctionManager:
             except Lost as lost:
                 t = self._recover(lost, t)
 
-    def _note_step(self, reports: list[dict[str, Any]]) -> None:
+    def _note_step(self, t: int, reports: list[dict[str, Any]]) -> None:
         now = time.monotonic()
+        self._boundary_at[t + 1] = now
         if self._last_report_at is not None:
             self.step_times.append(now - self._last_report_at)
         else:  # the first step of a generation: its own duration, without the cold start
@@ -473,7 +487,7 @@ class FunctionManager:
         self._collect_lifetimes(old)
         self.shared.delete_prefix(keys.generation_prefix(old.number))
         self.launch(step, target)
-        event = {
+        event: dict[str, Any] = {
             "kind": "time limit",
             "function": None,
             "reason": "time limit",
@@ -483,6 +497,7 @@ class FunctionManager:
             "noticed_at_step": step,
             "detect_s": None,
             "detected_at": time.time(),
+            "relaunch_s": time.monotonic() - t0,
         }
         self._pending = (event, t0)
 
@@ -567,14 +582,16 @@ class FunctionManager:
             self._checkpoint_done(done[-1])
         target = self.base
         step = target.step if target is not None else self.generations[0].first_step
+        # The current generation started at a checkpoint no newer than the rollback's.
+        since = self._boundary_at.get(step, gen.launched_mono)
         self._collect_lifetimes(gen)
         self.shared.delete_prefix(keys.generation_prefix(gen.number))
         if self._pending is not None:  # a relaunch that never got to its first report
-            event, t0 = self._pending
-            self.recoveries.append(Recovery(**event, recover_s=detected - t0))
+            unfinished, t0 = self._pending
+            self.recoveries.append(Recovery(**unfinished, recover_s=detected - t0))
             self._pending = None
         self.launch(step, target)
-        event = {
+        event: dict[str, Any] = {
             "kind": "failure",
             "function": str(lost.worker) if lost.worker else None,
             "reason": lost.reason,
@@ -584,6 +601,9 @@ class FunctionManager:
             "noticed_at_step": t,
             "detect_s": lost.detect_s,
             "detected_at": detected_wall,
+            "relaunch_s": time.monotonic() - detected,
+            "redone_steps": max(0, t - step),
+            "lost_s": max(0.0, detected - since),
         }
         self._pending = (event, detected)
         return step

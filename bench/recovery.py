@@ -13,10 +13,10 @@ of 2048 MB, 4 micro-batches of a 64-sample batch, Lambda-like 70 MB/s links):
 2. **faults**, ``checkpoint_every=3``: a function is killed with SIGKILL in a forward pass, later
    another one is frozen with SIGSTOP in a backward pass (failpoints). *detect* is the fault's
    time (written by the failpoint) to the client's verdict; *recover* is the verdict to the first
-   step reported by the relaunched generation, in parts: the client's clean-up and start calls,
-   the new functions' cold start (invocation to ready, checkpoint restored), and the rest (the
-   first redone step). *expected* is what a relaunch cannot avoid: the uninterrupted run's cold
-   start plus one period; a recovery far above it would be a bug, not load.
+   step reported by the relaunched generation, in parts: the client's clean-up, the new
+   functions' cold start (invocation to ready, checkpoint restored), and the rest (feeding two
+   steps, the first redone step). *expected* is what a relaunch cannot avoid: the uninterrupted
+   run's cold start plus one period; a recovery far above it would be a bug, not load.
    Its final parameters must equal the uninterrupted run's.
 
     python bench/recovery.py [--model resnet101-small] [--steps 21] [--heartbeat 2] [--quick]
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, f in figures.items():
         print(
             f"{name:<13} detected after {f['detect_s']:.2f} s, training again "
-            f"{f['recover_s']:.2f} s later = clean-up and start {f['relaunch_s']:.2f} s + cold "
-            f"start {f['startup_s']:.2f} s + first step {f['rest_s']:.2f} s "
+            f"{f['recover_s']:.2f} s later = clean-up {f['relaunch_s']:.2f} s + cold "
+            f"start {f['startup_s']:.2f} s + feeding and first step {f['rest_s']:.2f} s "
             f"({f['recover_vs_expected']:.2f}x the expected {f['expected_s']:.2f} s); "
             f"{f['redone_steps']} finished steps redone, {f['lost_s']:.2f} s of work lost"
         )

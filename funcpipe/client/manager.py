@@ -67,8 +67,9 @@ class Recovery:
     detect_s: float | None  # for hangs: last sign of life to detection
     detected_at: float  # wall clock when the client noticed (or planned the stop)
     recover_s: float = 0.0  # detection (or planned stop) to the new generation's first report
-    # recover_s in parts: the client's clean-up and start calls, then the new generation's cold
-    # start (first invocation to its last function ready, checkpoint restored), then its first step.
+    # recover_s in parts: the client's clean-up before the launch, then the new generation's cold
+    # start (first invocation to its last function ready, checkpoint restored), then the rest (the
+    # client feeding two steps before the start calls, and the first step).
     relaunch_s: float = 0.0
     startup_s: float | None = None  # None: it failed before its first report
     # The work thrown away: steps finished since the checkpoint that run again, and the time from
@@ -497,7 +498,7 @@ class FunctionManager:
             "noticed_at_step": step,
             "detect_s": None,
             "detected_at": time.time(),
-            "relaunch_s": time.monotonic() - t0,
+            "relaunch_s": self.gen.launched_mono - t0,  # type: ignore[union-attr]
         }
         self._pending = (event, t0)
 
@@ -601,7 +602,7 @@ class FunctionManager:
             "noticed_at_step": t,
             "detect_s": lost.detect_s,
             "detected_at": detected_wall,
-            "relaunch_s": time.monotonic() - detected,
+            "relaunch_s": self.gen.launched_mono - detected,  # type: ignore[union-attr]
             "redone_steps": max(0, t - step),
             "lost_s": max(0.0, detected - since),
         }

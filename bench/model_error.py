@@ -3,8 +3,10 @@
 For each plan below the model is profiled on this machine (``funcpipe.profile``), the plan's
 iteration time predicted for the "local" platform with the link the run uses
 (``funcpipe.predict``), then the plan is trained with ``funcpipe.train(platform="local")`` and its
-steady-state iteration time measured from the functions' own reports: (end of the last step -
-end of the first measured step) / steps in between, skipping step 0 (start-up). The headline is
+steady-state iteration time measured from the functions' own reports: the median period between
+the ends of consecutive steps, skipping step 0 (start-up); each plan runs at least ``--steps``
+steps and at least ``--seconds`` of predicted steady state (short iterations get more steps, so
+one hiccup of the shared host does not decide a plan's figure). The headline is
 the relative error |predicted - measured| / measured: its median and worst case over the plans.
 
 The plans cover 1-4 stages, 1-3 replicas, CPU shares from 0.3 to 2 cores (the host's cores are
@@ -18,7 +20,7 @@ computed from gives the job that many cores (the simulator shares them max-min f
 busy functions, each capped at its CPU quota). Each row also shows the prediction for a quiet
 host (all the host's cores).
 
-    python bench/model_error.py [--steps 6] [--only NAME ...]
+    python bench/model_error.py [--steps 10] [--seconds 4] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import math
 import os
 import statistics
 import sys
@@ -150,9 +153,9 @@ def micro_sizes(batch_size: int, micro: int) -> list[int]:
     return sorted({base + (b < extra) for b in range(micro)})
 
 
-def measure(case: Case, steps: int) -> dict:
+def measure(case: Case, min_steps: int, min_seconds: float) -> dict:
     job = make_job(case.model, batch_size=case.batch_size, data_dir=None, seed=0)
-    batches = list(itertools.islice(job.batches, steps))
+    batches = list(itertools.islice(job.batches, min_steps))
 
     def adam(params: list) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=1e-3)
@@ -165,6 +168,9 @@ def measure(case: Case, steps: int) -> dict:
     )  # fmt: skip
     profile_s = time.perf_counter() - t0
     quiet = predict(case.plan, prof, local_platform(case.link), batch_size=case.batch_size)
+    # Short iterations get more steps, so that every plan is measured over similar wall time.
+    steps = max(min_steps, math.ceil(min_seconds / quiet.time_s) + 2)
+    batches = list(itertools.islice(job.batches, steps))
     before = job_cores()
     result = train(
         job.model, job.loss_fn, optimizer=adam, batches=batches, plan=case.plan, steps=steps,
@@ -176,7 +182,9 @@ def measure(case: Case, steps: int) -> dict:
         batch_size=case.batch_size,
     )  # fmt: skip
     ends = [max(r["end"] for r in step) for step in result.reports]
-    measured = (ends[-1] - ends[1]) / (len(ends) - 2)
+    # Steady state: the median period between consecutive step ends after step 1 (step 0 holds
+    # the cold start), robust to a hiccup of the shared host in one step.
+    measured = statistics.median(b - a for a, b in itertools.pairwise(ends[1:]))
     error = abs(pred.time_s - measured) / measured
     shares = [round(c, 2) for c in pred.cpus]
     return {
@@ -199,12 +207,17 @@ def measure(case: Case, steps: int) -> dict:
             ), 3,
         ),
         "profile_s": round(profile_s, 1),
+        "steps": steps,
     }  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=10, help="steps per run (step 0 is skipped)")
+    ap.add_argument("--steps", type=int, default=10, help="least steps per run (step 0 skipped)")
+    ap.add_argument(
+        "--seconds", type=float, default=4.0,
+        help="least predicted steady-state seconds per run: short iterations get more steps",
+    )  # fmt: skip
     ap.add_argument("--only", nargs="*", help="run only plans whose name contains one of these")
     args = ap.parse_args()
     if args.steps < 3:
@@ -213,7 +226,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     rows = []
     for case in cases:
-        row = measure(case, args.steps)
+        row = measure(case, args.steps, args.seconds)
         rows.append(row)
         print(
             f"{row['plan']:<42} predicted {row['predicted_s']:7.3f} s  measured "
@@ -228,7 +241,7 @@ def main() -> None:
         "host_cores": len(os.sched_getaffinity(0)),
         "load_average_before": round(load_before, 2),
         "load_average_after": round(os.getloadavg()[0], 2),
-        "steps_per_run": args.steps,
+        "min_steps_per_run": args.steps,
         "rows": rows,
     }
     print(

@@ -79,6 +79,8 @@ def _row(model: str, batch: int, method: str, sol, optimum: float | None) -> dic
         "method": method,
         "solve_s": round(sol.solve_s, 3),
         "predictions": sol.predictions,
+        # a baseline that reached the time limit (25 s) before its search space was done
+        "stopped_at_time_limit": bool(sol.extra.get("stopped", False)),
     }
     if best is None:
         return {**row, "feasible": False, "note": sol.note}

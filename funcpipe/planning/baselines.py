@@ -34,8 +34,12 @@ def run(
     *,
     seed: int = 0,
     prediction_budget: int | None = None,
+    time_limit_s: float | None = None,
 ) -> Solution:
+    """Search ``space`` by ``method``; with ``time_limit_s`` no simulation starts that would end
+    past the limit (judged by the slowest one so far), and ``extra["stopped"]`` says so."""
     t0 = time.perf_counter()
+    clock = _Clock(t0, time_limit_s)
     if method == "exhaustive":
         plans: Iterator[Plan] = all_plans(space)
     elif method == "tpdmp":
@@ -43,12 +47,37 @@ def run(
     elif method == "lambdaml":
         plans = lambdaml_plans(space)
     elif method in ("bayes", "random"):
-        return _blackbox(method, space, evaluate, seed, prediction_budget or 50, t0)
+        return _blackbox(method, space, evaluate, seed, prediction_budget or 50, t0, clock)
     else:
         raise ConfigError(f"unknown planning method {method!r}; choose one of {', '.join(METHODS)}")
     for plan in plans:
-        evaluate(plan)
-    return _solution(method, space, evaluate, t0)
+        if clock.out_of_time():
+            break
+        clock.time(evaluate, plan)
+    sol = _solution(method, space, evaluate, t0)
+    sol.extra["stopped"] = clock.stopped
+    return sol
+
+
+class _Clock:
+    """A search's time limit: a new simulation starts only if the slowest so far would fit."""
+
+    def __init__(self, t0: float, limit_s: float | None) -> None:
+        self.t0, self.limit_s, self.slowest, self.stopped = t0, limit_s, 0.0, False
+
+    def out_of_time(self) -> bool:
+        if self.limit_s is not None and (
+            time.perf_counter() - self.t0 + self.slowest > self.limit_s
+        ):
+            self.stopped = True
+        return self.stopped
+
+    def time(self, evaluate: Evaluator, plan: Plan) -> Candidate:
+        start = time.perf_counter()
+        try:
+            return evaluate(plan)
+        finally:
+            self.slowest = max(self.slowest, time.perf_counter() - start)
 
 
 def _solution(method: str, space: SearchSpace, evaluate: Evaluator, t0: float) -> Solution:
@@ -176,6 +205,7 @@ def _blackbox(
     seed: int,
     prediction_budget: int,
     t0: float,
+    clock: _Clock,
 ) -> Solution:
     """optuna over (M, stage count, cuts, memory and replicas per stage); infeasible = penalty."""
     try:
@@ -211,13 +241,16 @@ def _blackbox(
             stages.append((i, j, mem, d))
         if not _fits(space, m, stages):
             return penalty[0] * 2 + 1.0
-        c: Candidate = evaluate(space.plan(m, stages))
+        c: Candidate = clock.time(evaluate, space.plan(m, stages))
         penalty[0] = max(penalty[0], c.objective)
         return c.objective if c.feasible else penalty[0] * 2 + 1.0
 
     while evaluate.count < prediction_budget and trials < max_trials:
+        if clock.out_of_time():
+            break
         study.optimize(objective, n_trials=1)
         trials += 1
     sol = _solution(method, space, evaluate, t0)
     sol.extra["trials"] = trials
+    sol.extra["stopped"] = clock.stopped
     return sol

@@ -404,7 +404,11 @@ def solve(
     if method == "optimal":
         return search(space, evaluate, link=link_of(platform), prices=prices_of(platform),
                       time_limit_s=time_limit_s, max_nodes=max_nodes)  # fmt: skip
-    return baselines.run(method, space, evaluate, seed=seed, prediction_budget=prediction_budget)
+    return baselines.run(
+        method, space, evaluate, seed=seed, prediction_budget=prediction_budget,
+        # exhaustive search is the yardstick of the optimiser's tests: never cut it short
+        time_limit_s=None if method == "exhaustive" else time_limit_s,
+    )  # fmt: skip
 
 
 def optimize(

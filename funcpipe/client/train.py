@@ -425,7 +425,14 @@ def _delete_job(root: Storage, prefix: str) -> None:
     except Exception as exc:
         if in_flight is None:
             raise
-        warnings.warn(f"could not delete {prefix!r} after a failure: {exc}", stacklevel=2)
+        job_id = prefix.rstrip("/").rsplit("/", 1)[-1]
+        warnings.warn(
+            f"could not delete {prefix!r} after a failure: {exc}. Its keys expire on their own "
+            f"where the store has a TTL or lifecycle rule (docs/storage.md); once the store "
+            f"answers again, `funcpipe clean --job {job_id} --force --storage URL` "
+            "removes them now",
+            stacklevel=2,
+        )
 
 
 @contextlib.contextmanager

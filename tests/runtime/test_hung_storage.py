@@ -7,6 +7,7 @@ server is frozen with SIGSTOP part way through, as a user would meet a hung stor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -61,6 +62,13 @@ def test_a_store_that_hangs_mid_job_fails_it_within_the_bound(
         request.getfixturevalue("s3_server")  # its credentials for the private server below
         proc, endpoint, _log = start_moto(tmp_path)
         url = f"s3://fp-hung-job?endpoint_url={endpoint}&region=us-east-1&create_bucket=true"
+
+    def release() -> None:  # whatever happens below, the server is continued and stopped
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        stop(proc)
+
+    request.addfinalizer(release)
     watch = open_storage(url)
     outcome: dict[str, object] = {}
 
@@ -113,7 +121,6 @@ def test_a_store_that_hangs_mid_job_fails_it_within_the_bound(
     assert [j.job_id for j in removed] == ["hung"] or leftovers == []
     assert watch.list("jobs/hung/") == []
     watch.close()
-    stop(proc)
 
 
 def torch_loss():

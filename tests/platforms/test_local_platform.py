@@ -130,8 +130,9 @@ def test_torch_allocation_past_cap_is_memory(mem_mode: str) -> None:
         assert "function 'stage1-replica0' exceeded its memory cap of 400 MB" in st.message
         assert "during 'forward mb 0'" in st.message
         if mem_mode == "cgroup":
-            # The kernel stops it at the cap, or the resident-set watch a few MB past it.
-            assert 399 <= st.peak_memory_mb <= 420
+            # The kernel stops it at the cap, or the resident-set watch past it by what the
+            # allocation adds between two samples (10 ms apart; 24 MB seen on a loaded host).
+            assert 399 <= st.peak_memory_mb <= 460
             assert "(peak 4" in st.message
         else:
             assert f"tried to allocate {BIG} bytes" in st.message

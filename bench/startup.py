@@ -11,7 +11,11 @@ same machine in the same run:
 * ``fresh``: time from invocation to first action (``ready_at - invoked_at``) of each function of
   a real 20-step demo job (demo CNN, 2 stages x 2 replicas), read from ``result.startup_s``;
 
-and the share of the demo's wall time and bill that start-up takes.
+and the share of the demo's wall time and bill that start-up takes; then
+
+* ``forkserver``: the same demo on ``LocalPlatform(start="forkserver")``, functions forked from a
+  server that imported torch once (no op run, so no OpenMP pool to inherit), the development and
+  test-suite mode; measured on a second job, once the server is up.
 
     python bench/startup.py [--steps 20] [--repeats 3]
 """
@@ -29,6 +33,7 @@ from torch import nn
 
 from funcpipe import Plan, Stage, train
 from funcpipe.client.demo import demo_cnn
+from funcpipe.platforms import LocalPlatform
 
 
 def fork_start(repeats: int) -> list[float]:
@@ -60,7 +65,7 @@ def fork_start(repeats: int) -> list[float]:
     return times
 
 
-def demo_run(steps: int) -> dict:
+def demo_run(steps: int, start: str = "fresh") -> dict:
     torch.manual_seed(0)
     model = demo_cnn()
     g = torch.Generator().manual_seed(1)
@@ -76,7 +81,7 @@ def demo_run(steps: int) -> dict:
     t0 = time.time()
     result = train(
         model, nn.CrossEntropyLoss(), optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
-        batches=batches, plan=plan, progress=False,
+        batches=batches, plan=plan, progress=False, platform=LocalPlatform(start=start),
     )  # fmt: skip
     wall = time.time() - t0
     startup = list(result.startup_s.values())
@@ -107,8 +112,16 @@ def main(argv: list[str] | None = None) -> None:
         f"{demo['startup_share_of_wall']:.0%}; start-up is {demo['startup_share_of_cost']:.1%} "
         f"of the ${demo['cost_usd']:.6f} bill; mean iteration {demo['mean_iteration_s']:.3f} s"
     )
+    demo_run(2, "forkserver")  # starts this process's server
+    served = demo_run(args.steps, "forkserver")
+    warm = statistics.median(served["startup_s"])
+    print(f"forked from the warm server: median {warm:.3f} s per function "
+          f"({fresh / warm:.0f}x faster than fresh); wall {served['wall_s']:.1f} s")  # fmt: skip
     print(json.dumps({
         "fork_start_s": statistics.median(forks),
+        "forkserver_start_s": warm,
+        "fresh_over_forkserver": fresh / warm,
+        "forkserver_demo_wall_s": served["wall_s"],
         "fresh_start_s": fresh,
         "fresh_over_fork": fresh / statistics.median(forks),
         "demo_steps": args.steps,

@@ -6,6 +6,7 @@ URL like any client would. A server that cannot start fails the tests that need 
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,16 @@ from pathlib import Path
 
 import pytest
 from servers import start_moto, start_redis, stop
+
+from funcpipe.platforms.local import START_ENV
+
+# Most tests start jobs whose functions' cold start is not what they test: they fork them from a
+# warm server that imported torch once (LocalPlatform(start="forkserver")), which saves a few
+# seconds of imports per function. The platform tests (tests/platforms/conftest.py), the
+# equivalence test of both modes and every test that measures start-up or the runtime's own
+# memory run fresh interpreters, the default for users. FUNCPIPE_LOCAL_START=fresh runs the
+# whole suite on fresh interpreters.
+os.environ.setdefault(START_ENV, "forkserver")
 
 
 @pytest.fixture(scope="session")

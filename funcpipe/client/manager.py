@@ -329,10 +329,13 @@ class FunctionManager:
             # beat irregularly, and the platform reports a crash at once anyway.
             deadline = self.heartbeat_deadline_s if w.started else self.startup_deadline_s
             if now - w.changed > deadline:
-                if self.platform.state(gen.invocations[worker]).done:
+                state = self.platform.state(gen.invocations[worker])
+                if state.done:
                     continue  # ended: the platform's state tells how
                 silent = now - w.changed
-                last = f"; last activity: {w.activity}" if w.activity else ""
+                # Its heartbeat's label, or the platform's where no beat carried one yet.
+                activity = w.activity or state.activity
+                last = f"; last activity: {activity}" if activity else ""
                 what = "no heartbeat" if w.seen is not None else "no first heartbeat"
                 message = (
                     f"function '{worker}' (stage {worker.stage}, replica {worker.replica}) "
@@ -425,6 +428,11 @@ class FunctionManager:
 
     def _note_step(self, t: int, reports: list[dict[str, Any]]) -> None:
         now = time.monotonic()
+        if self.gen is not None:
+            # Every function has finished a step, so the heartbeat deadline applies from now on,
+            # not the start-up one, even if steps are so short that no beat has carried one yet.
+            for watch in self.gen.watch.values():
+                watch.started = True
         self._boundary_at[t + 1] = now
         if self._last_report_at is not None:
             self.step_times.append(now - self._last_report_at)

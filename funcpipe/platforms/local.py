@@ -61,6 +61,7 @@ from funcpipe.platforms.cgroup_v1 import (
     was_oom_killed,
     write_value,
 )
+from funcpipe.platforms.forkserver import ServedProcess, forkserver
 from funcpipe.platforms.local_child import (
     ACT_SIZE,
     ChildSetup,
@@ -79,6 +80,8 @@ MAX_WAIT_SLICE_S = 0.5  # join re-checks at least this often
 _MB = 1024 * 1024
 
 _MEMORY_MODES = ("auto", "cgroup", "rlimit", "none")
+_START_MODES = ("fresh", "forkserver")
+START_ENV = "FUNCPIPE_LOCAL_START"
 _CPU_MODES = ("auto", "cgroup", "affinity", "none")
 
 
@@ -90,7 +93,7 @@ class _Run:
     """Parent-side bookkeeping of one invocation."""
 
     inv: Invocation
-    process: _Process
+    process: _Process | ServedProcess
     report_fd: int | None
     activity: mmap.mmap | None
     deadline: float
@@ -118,6 +121,10 @@ class LocalPlatform(Platform):
             PR_SET_PDEATHSIG), so a killed client leaves no processes behind. Turn it off if you
             start functions from short-lived threads.
         limits: per-function bounds; Lambda's by default.
+        start: "fresh" (a new interpreter per function: a Lambda's cold start, its memory from
+            the first page) or "forkserver" (forked from a server that imported torch once:
+            start-up in milliseconds, for development and test suites; see
+            :mod:`funcpipe.platforms.forkserver`). Default: ``$FUNCPIPE_LOCAL_START`` or "fresh".
 
     Functions still running when the platform is closed, garbage-collected or when the caller
     exits are killed and reported as cancelled.
@@ -132,6 +139,7 @@ class LocalPlatform(Platform):
         cgroup_root: str = "/sys/fs/cgroup",
         kill_with_parent: bool = True,
         limits: PlatformLimits | None = None,
+        start: str | None = None,
     ) -> None:
         if not sys.platform.startswith("linux"):
             raise ConfigError(
@@ -148,6 +156,13 @@ class LocalPlatform(Platform):
                 f"cpu_per_gb={cpu_per_gb!r} must be a positive number of cores per GB, "
                 "or None for no CPU cap"
             )
+        start = start or os.environ.get(START_ENV) or "fresh"
+        if start not in _START_MODES:
+            raise ConfigError(
+                f"start={start!r} (or ${START_ENV}) is not one of {_START_MODES}: 'fresh' starts "
+                "a new interpreter per function, 'forkserver' forks it from a warm one"
+            )
+        self.start_mode = start
         self.limits = limits or PlatformLimits()
         self.cpu_per_gb = cpu_per_gb
         self.kill_with_parent = kill_with_parent
@@ -288,17 +303,25 @@ class LocalPlatform(Platform):
                 # Code the user passes by reference (their own modules) resolves as in the client.
                 "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
             }
+            cgroups = [cg for cg in (mem_cg, cpu_cg) if cg]
             try:
-                process = _Process(
-                    [sys.executable, "-m", "funcpipe.platforms.local_child", setup.to_json()],
-                    env=env,
-                    pass_fds=(write_fd, act_fd, payload_fd),
-                    preexec_fn=_enter_sandbox(
-                        [cg for cg in (mem_cg, cpu_cg) if cg],
-                        spec.timeout_s,
-                        self.kill_with_parent,
-                    ),
-                )
+                process: _Process | ServedProcess
+                if self.start_mode == "forkserver":
+                    process = forkserver().spawn(
+                        json.loads(setup.to_json()),
+                        [write_fd, act_fd, payload_fd],
+                        cgroups=cgroups,
+                        timeout_s=spec.timeout_s,
+                        kill_with_parent=self.kill_with_parent,
+                        env=env,
+                    )
+                else:
+                    process = _Process(
+                        [sys.executable, "-m", "funcpipe.platforms.local_child", setup.to_json()],
+                        env=env,
+                        pass_fds=(write_fd, act_fd, payload_fd),
+                        preexec_fn=_enter_sandbox(cgroups, spec.timeout_s, self.kill_with_parent),
+                    )
             except BaseException:
                 os.close(read_fd)
                 os.close(write_fd)

@@ -50,9 +50,10 @@ def mem_mode(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture
-def platform():
-    p = LocalPlatform()
+@pytest.fixture(params=["fresh", "forkserver"])
+def platform(request: pytest.FixtureRequest):
+    """Every outcome is classified alike whether the function is a new interpreter or a fork."""
+    p = LocalPlatform(start=request.param)
     yield p
     p.close()
 

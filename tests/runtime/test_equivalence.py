@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from funcpipe import LinkConfig, Plan, Stage, train
+from funcpipe.platforms import LocalPlatform
 
 FAST_LINK = LinkConfig(up_mb_s=500.0, down_mb_s=500.0, latency_s=0.0)
 
@@ -112,6 +113,15 @@ def test_pipeline_equals_single_process(plan_name: str, opt_name: str) -> None:
                                optimizer=OPTIMIZERS[opt_name])  # fmt: skip
     # The input model is left as it was.
     torch.testing.assert_close(model[0].weight, make_model()[0].weight)
+
+
+@pytest.mark.parametrize("start", ["fresh", "forkserver"])
+def test_fresh_and_forked_functions_both_equal_single_process(start: str) -> None:
+    """The suite forks most jobs' functions from a warm server (tests/conftest.py); the
+    default, a fresh interpreter per function, must compute the same."""
+    assert_trains_like_pytorch(make_model(), make_batches(3), PLANS["3-stages-1-2-3"],
+                               optimizer=OPTIMIZERS["adam"],
+                               platform=LocalPlatform(start=start))  # fmt: skip
 
 
 def test_uneven_micro_batches_are_exact() -> None:

@@ -240,10 +240,11 @@ def test_concurrent_jobs_with_prefix_sharing_ids_stay_isolated(tmp_path, monkeyp
 CLIENT = """
 import sys
 sys.path.insert(0, {tests!r})
-from test_recovery import run
+from test_recovery import make_model, run
 from funcpipe.platforms.local import LocalPlatform
-# Functions outlive this client (as on a cloud): they must notice that it is gone.
-run({root!r}, checkpoint_every=2, job_id="orphan", heartbeat_s=0.5,
+# Functions outlive this client (as on a cloud): they must notice that it is gone. Steps of
+# ~0.8 s, so that the job is still running when the test has seen its checkpoint of step 4.
+run({root!r}, model=make_model(sleep=0.2), checkpoint_every=2, job_id="orphan", heartbeat_s=0.5,
     platform=LocalPlatform(kill_with_parent=False))
 """
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import json
 import math
 import mmap
@@ -308,7 +309,7 @@ class LocalPlatform(Platform):
                 process: _Process | ServedProcess
                 if self.start_mode == "forkserver":
                     process = forkserver().spawn(
-                        json.loads(setup.to_json()),
+                        dataclasses.asdict(setup),
                         [write_fd, act_fd, payload_fd],
                         cgroups=cgroups,
                         timeout_s=spec.timeout_s,

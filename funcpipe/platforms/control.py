@@ -292,6 +292,26 @@ class StopRule:
         return None
 
 
+def job_ended(shared: Storage, abort_key: str) -> str | None:
+    """Why this function has nothing left to do before it starts, or None.
+
+    An asynchronous invocation can start after its job ended: the client cancelled it, or finished
+    and deleted the job's keys, while the platform was still queueing or cold-starting the
+    function. Such a function must exit quietly, not fail on its missing package, and must leave
+    no keys behind. The manifest exists from before the first function is invoked until the job's
+    keys are deleted.
+    """
+    if shared.exists(abort_key):
+        return "cancelled"
+    if not shared.exists(MANIFEST_KEY):
+        return "job deleted"
+    return None
+
+
+#: Exit status of a function stopped by its client (abort key, or the job deleted under it).
+CANCELLED_EXIT = 3
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -359,9 +379,14 @@ class FunctionGuard:
         self._thread = threading.Thread(target=self._watch, name="funcpipe-guard", daemon=True)
         self._thread.start()
 
-    def finish(self, exc: BaseException | None) -> None:
-        """Record how the function ended (the traceback when it raised)."""
+    def finish(self, exc: BaseException | None, *, write: bool = True) -> None:
+        """Record how the function ended (the traceback when it raised); ``write=False`` only
+        stops the watcher (the job ended under the function: nobody reads the record)."""
         self._done.set()
+        if not write:
+            with self._lock:
+                self._final = True
+            return
         if exc is None:
             self.write("done")
             return
@@ -400,7 +425,7 @@ class FunctionGuard:
 def _exit_now(reason: str) -> None:
     sys.stderr.write(f"funcpipe: stopping the function now ({reason})\n")
     sys.stderr.flush()
-    os._exit(3)
+    os._exit(CANCELLED_EXIT)
 
 
 def read_status(shared: Storage, keys: ControlKeys) -> dict[str, Any] | None:

@@ -93,12 +93,21 @@ def handle(
     try:
         keys = control.ControlKeys.of(package)
         attempt = getattr(context, "aws_request_id", None) or control.attempt_id()
+        if (ended := _job_ended(shared, keys, package)) is not None:
+            return {"state": ended, "attempt": attempt}
         record = json.dumps({"attempt": attempt, "at": entered}).encode()
         if not control.claim(root, shared.prefix + keys.claim, record):
             # A retry of an invocation that already ran (or runs): leave every key alone.
             print(f"funcpipe: {keys.prefix} was already claimed; this attempt exits", flush=True)
             return {"state": "duplicate", "attempt": attempt}
-        package = control.restore_payload(package, shared)
+        try:
+            package = control.restore_payload(package, shared)
+        except Exception:
+            # The job may have ended between the check above and the claim: then the payload is
+            # gone with it, which is no failure of this function.
+            if (ended := _job_ended(shared, keys, package, written=True)) is not None:
+                return {"state": ended, "attempt": attempt}
+            raise
         remaining = getattr(context, "get_remaining_time_in_millis", None)
         memory = getattr(context, "memory_limit_in_mb", None)
         guard = control.FunctionGuard(
@@ -117,6 +126,12 @@ def handle(
 
         try:
             run(package, invoked_at=started_at)
+        except Exception as exc:
+            if (ended := _job_ended(shared, keys, package, written=True)) is not None:
+                guard.finish(None, write=False)
+                return {"state": ended, "attempt": attempt}
+            guard.finish(exc)
+            raise
         except BaseException as exc:
             guard.finish(exc)
             raise
@@ -124,6 +139,41 @@ def handle(
         return {"state": "done", "attempt": attempt}
     finally:
         root.close()
+
+
+def _job_ended(
+    shared: Any, keys: Any, package: dict[str, Any], *, written: bool = False
+) -> str | None:
+    """``cancelled`` or ``gone`` when the job ended before this function could run, else None.
+
+    ``written``: this attempt already wrote its claim and status; they are removed again so a job
+    that is gone stays gone (its client already deleted everything else).
+    """
+    import contextlib
+
+    from funcpipe.platforms import control
+
+    try:
+        why = control.job_ended(shared, keys.abort)
+    except Exception:  # storage unreachable: report the original problem instead
+        return None
+    if why is None:
+        return None
+    state = "cancelled" if why == "cancelled" else "gone"
+    if state == "gone" and written:
+        for key in (keys.status, keys.claim):
+            with contextlib.suppress(Exception):
+                shared.delete(key)
+    print(
+        f"funcpipe: job {package.get('job_id')!r} ended before {keys.prefix} could run "
+        f"({why}); this function exits without doing anything",
+        flush=True,
+    )
+    return state
+
+
+#: Exit statuses of ``python -m funcpipe.platforms.lambda_handler`` for a job that ended first.
+_EXIT_FOR_STATE = {"cancelled": 3, "gone": 75}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     event = json.loads(sys.stdin.buffer.read())
     context = LocalContext(args.timeout_s, args.memory_mb)
     try:
-        handle(event, context)
+        result = handle(event, context)
     except BaseException as exc:
         print(f"funcpipe: the function failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return _EXIT_FOR_STATE.get(result.get("state", ""), 0)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ the localhost backend also kills its process.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -45,11 +46,23 @@ def run_in_lithops(payload: str, abort_poll_s: float = 1.0) -> dict[str, Any] | 
     invoked_at = time.time()
     package = json.loads(payload)
     root, shared = control.job_storage(package["storage_url"], package["job_id"])
-    done = control.watch_abort(shared, control.ControlKeys.of(package).abort, poll_s=abort_poll_s)
+    abort = control.ControlKeys.of(package).abort
+    done = control.watch_abort(shared, abort, poll_s=abort_poll_s)
     try:
         from funcpipe.runtime.function import run
 
-        return run(package, invoked_at=invoked_at)
+        if (why := control.job_ended(shared, abort)) is not None:
+            print(f"funcpipe: the job ended before this function ran ({why}); exiting", flush=True)
+            return None
+        try:
+            return run(package, invoked_at=invoked_at)
+        except Exception:
+            # A queued call that starts as its job is deleted finds its package gone: no failure.
+            with contextlib.suppress(Exception):
+                if (why := control.job_ended(shared, abort)) is not None:
+                    print(f"funcpipe: the job ended under this function ({why})", flush=True)
+                    return None
+            raise
     finally:
         done.set()
         root.close()

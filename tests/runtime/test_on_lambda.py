@@ -127,8 +127,8 @@ def test_cancel_stops_a_function_in_its_own_process(s3_server, lambda_client) ->
         stuck.wait(30)  # far less than its 120 s wait for stage 0
         assert time.monotonic() - started < 30
         # Ended by itself, not by the test: by its abort key (3), or, when the client's clean-up
-        # of the job's keys removed that key before the function's next poll, by the missing
-        # client heartbeat (75). Keeping the abort key through the clean-up is a known gap.
+        # of the job's keys came first (even before this slow-starting function read its
+        # package), by finding its job gone (75).
         assert stuck.returncode in (3, 75), stuck.returncode
     finally:
         plat.close()
@@ -149,8 +149,63 @@ def test_claimed_attempt_exits_without_touching_anything(tmp_path) -> None:
     pkg = {"job_id": "j1", "storage_url": url, "stage": 0, "replica": 1, "generation": 4}
     shared = open_storage(f"{url}/jobs/j1")
     keys = control.ControlKeys(4, 0, 1)
+    shared.put(control.MANIFEST_KEY, b"{}")
     shared.put(keys.claim, b'{"attempt": "first"}')
     result = handle({"funcpipe": 1, "package": pkg}, LocalContext())
     assert result["state"] == "duplicate"
-    assert sorted(shared.list("")) == [keys.claim]
+    assert sorted(shared.list("")) == sorted([keys.claim, control.MANIFEST_KEY])
     assert json.loads(shared.get(keys.claim)) == {"attempt": "first"}
+
+
+def _late_event(tmp_path) -> tuple[dict, object, control.ControlKeys]:
+    url = f"local://{tmp_path}/store"
+    pkg = {"job_id": "j2", "storage_url": url, "stage": 1, "replica": 0, "generation": 0,
+           "layers": {control.OFFLOAD_MARK: "control/payload/abc", "sha256": "0" * 64}}  # fmt: skip
+    return (
+        {"funcpipe": 1, "package": pkg},
+        open_storage(f"{url}/jobs/j2"),
+        control.ControlKeys(0, 1, 0),
+    )
+
+
+def test_an_invocation_that_starts_after_its_job_was_deleted_leaves_nothing(tmp_path) -> None:
+    """Lambda may start a queued invocation after its client finished and deleted the job."""
+    from funcpipe.platforms.lambda_handler import LocalContext, handle
+
+    event, shared, _ = _late_event(tmp_path)
+    assert handle(event, LocalContext())["state"] == "gone"
+    assert shared.list("") == []
+
+
+def test_an_invocation_of_a_cancelled_job_does_not_start(tmp_path) -> None:
+    from funcpipe.platforms.lambda_handler import LocalContext, handle
+
+    event, shared, keys = _late_event(tmp_path)
+    shared.put(control.MANIFEST_KEY, b"{}")
+    shared.put(keys.abort, b"")
+    assert handle(event, LocalContext())["state"] == "cancelled"
+    assert sorted(shared.list("")) == sorted([keys.abort, control.MANIFEST_KEY])
+
+
+def test_a_job_deleted_while_the_invocation_claims_removes_the_claim(tmp_path, monkeypatch) -> None:
+    """The job ends between the check and the claim: the payload is gone, which is no failure."""
+    from funcpipe.platforms.lambda_handler import LocalContext, handle
+
+    event, shared, keys = _late_event(tmp_path)
+    checks = []
+    real = control.job_ended
+    monkeypatch.setattr(control, "job_ended", lambda *a: checks.append(1) or (
+        None if len(checks) == 1 else real(*a)))  # fmt: skip
+    assert handle(event, LocalContext())["state"] == "gone"
+    assert len(checks) == 2
+    assert shared.list("") == []
+
+
+def test_a_missing_payload_of_a_live_job_is_a_failure(tmp_path) -> None:
+    from funcpipe.errors import KeyNotFound
+    from funcpipe.platforms.lambda_handler import LocalContext, handle
+
+    event, shared, keys = _late_event(tmp_path)
+    shared.put(control.MANIFEST_KEY, b"{}")
+    with pytest.raises(KeyNotFound):
+        handle(event, LocalContext())

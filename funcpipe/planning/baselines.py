@@ -144,9 +144,10 @@ def tpdmp_stages(space: SearchSpace, replicas: int | None = 1) -> Iterator[tuple
         reps = space.replica_counts(m) if replicas is None else [replicas]
         for mem in space.memory_choices:
             cpus = float(space.platform.cpus(mem))
+            cap = getattr(space.platform, "max_threads", None)
             work = [
                 sum(
-                    prof.forward_s(i, mu, cpus) + prof.backward_s(i, mu, cpus)
+                    prof.forward_s(i, mu, cpus, cap) + prof.backward_s(i, mu, cpus, cap)
                     for i in range(b[g], b[g + 1])
                 )  # fmt: skip
                 for g in range(space.num_groups)

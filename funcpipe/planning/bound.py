@@ -143,14 +143,15 @@ class Options:
         speed = [1.0 if quota and c < 1 - 1e-9 else c for c in self.cpus]
         # prefix sums over groups of forward/backward time per memory choice
         nl = prof.num_layers
-        fwd = np.array([[prof.forward_s(i, mu, c) for i in range(nl)] for c in speed])
-        bwd = np.array([[prof.backward_s(i, mu, c) for i in range(nl)] for c in speed])
+        cap = getattr(space.platform, "max_threads", None)
+        fwd = np.array([[prof.forward_s(i, mu, c, cap) for i in range(nl)] for c in speed])
+        bwd = np.array([[prof.backward_s(i, mu, c, cap) for i in range(nl)] for c in speed])
         layer_f = np.concatenate([np.zeros((len(self.cpus), 1)), np.cumsum(fwd, axis=1)], axis=1)
         layer_b = np.concatenate([np.zeros((len(self.cpus), 1)), np.cumsum(bwd, axis=1)], axis=1)
         self.F = layer_f[:, list(b)]  # (J, K+1)
         self.B = layer_b[:, list(b)]
         step = getattr(prof, "step_s", None)
-        st = np.array([[step(i, c) if step else 0.0 for i in range(nl)] for c in speed])
+        st = np.array([[step(i, c, cap) if step else 0.0 for i in range(nl)] for c in speed])
         layer_st = np.concatenate([np.zeros((len(self.cpus), 1)), np.cumsum(st, axis=1)], axis=1)
         self.ST = layer_st[:, list(b)]  # optimizer step time, prefix
         params = np.cumsum([0.0] + [prof.param_bytes(i) for i in range(nl)])

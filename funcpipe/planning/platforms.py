@@ -122,6 +122,9 @@ class PlatformProfile:
     cpu_quota_period_s: float | None = None
     runtime_base_mb_value: float | None = None
     description: str = ""
+    # Most torch threads a function runs, whatever its share; None: one per whole core. The
+    # local emulator keeps a core for the client and the functions' own transfer threads.
+    max_threads: int | None = None
 
     def cpus(self, memory_mb: float) -> float:
         """CPU cores a function of ``memory_mb`` gets (proportional to memory, clamped)."""
@@ -252,7 +255,7 @@ def local_platform(
     the cores a job actually gets (fewer than the host has), or ``background_tasks`` the busy
     threads of other programs competing for them (see :func:`background_tasks`).
     """
-    from funcpipe.platforms.local import CFS_PERIOD_US, MIN_CPU_SHARE
+    from funcpipe.platforms.local import CFS_PERIOD_US, MIN_CPU_SHARE, local_torch_threads
     from funcpipe.platforms.local import LAMBDA_CPU_PER_GB as LOCAL_CPU_PER_GB
     from funcpipe.storage.throttle import LinkConfig
 
@@ -269,6 +272,7 @@ def local_platform(
         link=LinkProfile.from_link_config(link if link is not None else LinkConfig()),
         startup_s=None,
         cpu_quota_period_s=CFS_PERIOD_US / 1e6,
+        max_threads=local_torch_threads(float(host), host),
     )
 
 

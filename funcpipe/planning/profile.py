@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -78,9 +79,11 @@ def _interp(table: dict[int, float], x: float) -> float:
     return max(0.0, y)
 
 
-def threads_for(cpus: float) -> int:
-    """torch threads a function with ``cpus`` cores runs (the local platform's rule)."""
-    return max(1, math.floor(cpus + 1e-9))
+def threads_for(cpus: float, max_threads: int | None = None) -> int:
+    """torch threads a function with ``cpus`` cores runs: one per whole core, at least one, at
+    most ``max_threads`` (the local platform's rule)."""
+    k = max(1, math.floor(cpus + 1e-9))
+    return k if max_threads is None else max(1, min(k, max_threads))
 
 
 def _at_threads(by_threads: dict[int, float], k: int) -> float:
@@ -129,29 +132,40 @@ class Profile:
     def layer_names(self) -> list[str]:
         return [layer.name for layer in self.layers]
 
-    def _time(self, tables: dict[int, dict[int, float]], micro_batch: float, cpus: float) -> float:
+    def _time(
+        self,
+        tables: dict[int, dict[int, float]],
+        micro_batch: float,
+        cpus: float,
+        max_threads: int | None,
+    ) -> float:
         if not cpus > 0:
             raise ConfigError(f"cpus must be > 0, got {cpus!r}")
-        k = threads_for(cpus)
+        k = threads_for(cpus, max_threads)
         per_k = {
             t: _interp({mb: tables[mb][t] for mb in tables}, micro_batch) for t in self.threads
         }
         return _at_threads(per_k, k) * max(1.0, k / cpus)
 
-    def forward_s(self, layer: int, micro_batch: float, cpus: float) -> float:
-        """Seconds of ``layer``'s forward on a micro-batch with ``cpus`` cores."""
-        return self._time(self.layers[layer].forward_s, micro_batch, cpus)
+    def forward_s(
+        self, layer: int, micro_batch: float, cpus: float, max_threads: int | None = None
+    ) -> float:
+        """Seconds of ``layer``'s forward on a micro-batch with ``cpus`` cores (and torch
+        threads capped at ``max_threads``, see ``PlatformProfile.max_threads``)."""
+        return self._time(self.layers[layer].forward_s, micro_batch, cpus, max_threads)
 
-    def backward_s(self, layer: int, micro_batch: float, cpus: float) -> float:
+    def backward_s(
+        self, layer: int, micro_batch: float, cpus: float, max_threads: int | None = None
+    ) -> float:
         """Seconds of ``layer``'s backward (the last layer's includes the loss)."""
-        return self._time(self.layers[layer].backward_s, micro_batch, cpus)
+        return self._time(self.layers[layer].backward_s, micro_batch, cpus, max_threads)
 
-    def step_s(self, layer: int, cpus: float) -> float:
+    def step_s(self, layer: int, cpus: float, max_threads: int | None = None) -> float:
         """Seconds of the optimizer step on ``layer``'s parameters."""
         table = self.layers[layer].step_s
         if not table:
             return 0.0
-        k = threads_for(cpus)
+        k = threads_for(cpus, max_threads)
         return _at_threads(table, k) * max(1.0, k / cpus)
 
     def activation_bytes(self, layer: int, micro_batch: float) -> float:
@@ -191,6 +205,40 @@ class Profile:
     def working_bytes(self, layer: int, micro_batch: float) -> float:
         """Saved activations + peak temporaries of forward+backward for one micro-batch."""
         return self.saved_bytes(layer, micro_batch) + self.temp_bytes(layer, micro_batch)
+
+    def scaled(self, compute: float) -> Profile:
+        """This profile on a CPU ``compute`` times as slow (2.0: every compute second doubles).
+
+        A profile is measured on one machine and at one moment; the functions may run on slower
+        or faster cores (a laptop's against Lambda's), or on a host whose speed drifts (a shared
+        VM). Scaling every CPU-bound figure (forward, backward, optimizer step, the CPU cost of
+        transfers and polls) by one measured ratio carries the profile over; bytes stay as they
+        are.
+        """
+        if not (isinstance(compute, int | float) and math.isfinite(compute) and compute > 0):
+            raise ConfigError(f"compute must be a positive number, got {compute!r}")
+
+        def times(table: dict[int, dict[int, float]]) -> dict[int, dict[int, float]]:
+            return {mb: {k: t * compute for k, t in by_k.items()} for mb, by_k in table.items()}
+
+        layers = [
+            dataclasses.replace(
+                layer,
+                forward_s=times(layer.forward_s),
+                backward_s=times(layer.backward_s),
+                step_s={k: t * compute for k, t in layer.step_s.items()},
+            )
+            for layer in self.layers
+        ]
+        meta = {**self.meta, "compute_scale": self.meta.get("compute_scale", 1.0) * compute}
+        return dataclasses.replace(
+            self,
+            layers=layers,
+            transfer_s_per_request=self.transfer_s_per_request * compute,
+            transfer_s_per_byte=self.transfer_s_per_byte * compute,
+            poll_s=self.poll_s * compute,
+            meta=meta,
+        )
 
     # --- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -538,13 +538,15 @@ class _Sim:
     def _compute_work(self, a: Action, cpus: float) -> float:
         stage = self.plan.stages[a.stage]
         layers = range(stage.start, stage.end)
+        cap = getattr(self.platform, "max_threads", None)
         if a.op is Op.FORWARD:
-            return sum(self.profile.forward_s(i, self.sizes[a.micro_batch], cpus) for i in layers)
+            mb = self.sizes[a.micro_batch]
+            return sum(self.profile.forward_s(i, mb, cpus, cap) for i in layers)
         if a.op is Op.BACKWARD:
             mb = self.sizes[a.micro_batch]
-            return sum(self.profile.backward_s(i, mb, cpus) for i in layers)
+            return sum(self.profile.backward_s(i, mb, cpus, cap) for i in layers)
         if a.op is Op.STEP:
-            return sum(self.profile.step_s(i, cpus) for i in layers)
+            return sum(self.profile.step_s(i, cpus, cap) for i in layers)
         return 0.0
 
     def grad_numel(self, s: int) -> int:

@@ -32,13 +32,17 @@ class FakeProfile:
     def layer_names(self) -> list[str]:
         return self.names or [f"layer{i}" for i in range(self.num_layers)]
 
-    def forward_s(self, layer: int, micro_batch: float, cpus: float) -> float:
-        return 0.001 + self.fwd[layer] * micro_batch / min(cpus, 2.0)
+    def forward_s(
+        self, layer: int, micro_batch: float, cpus: float, max_threads: int | None = None
+    ) -> float:
+        return 0.001 + self.fwd[layer] * micro_batch / min(cpus, 2.0, max_threads or 2.0)
 
-    def backward_s(self, layer: int, micro_batch: float, cpus: float) -> float:
-        return 2 * self.forward_s(layer, micro_batch, cpus)
+    def backward_s(
+        self, layer: int, micro_batch: float, cpus: float, max_threads: int | None = None
+    ) -> float:
+        return 2 * self.forward_s(layer, micro_batch, cpus, max_threads)
 
-    def step_s(self, layer: int, cpus: float) -> float:
+    def step_s(self, layer: int, cpus: float, max_threads: int | None = None) -> float:
         return self.params[layer] / 1e9
 
     def activation_bytes(self, layer: int, micro_batch: float) -> float:

@@ -61,9 +61,17 @@ def test_local_profile_is_the_emulator_as_train_runs_it() -> None:
     assert local.cpus(10240) <= local.host_cores
     from funcpipe.platforms.local import LocalPlatform
 
+    from funcpipe.planning.profile import threads_for
+    from funcpipe.platforms.local import local_torch_threads
+
     with LocalPlatform() as plat:
         for mb in (256, 1769, 3008, 10240):
             assert local.cpus(mb) == pytest.approx(plat.cpu_share(mb))
+            # the model runs as many torch threads as the platform gives the function
+            cores = len(os.sched_getaffinity(0))
+            expected = local_torch_threads(plat.cpu_share(mb), cores)
+            assert threads_for(local.cpus(mb), local.max_threads) == expected
+    assert get_platform("aws-lambda").max_threads is None
 
 
 def test_alibaba_and_unknown_names() -> None:

@@ -43,6 +43,30 @@ def test_cpu_share_scaling(cnn_profile: Profile) -> None:
     assert p.step_s(0, 1.0) > 0 and p.step_s(1, 1.0) == 0
 
 
+def test_scaled_profile_is_slower_compute_with_the_same_bytes(cnn_profile: Profile) -> None:
+    from funcpipe.planning.platforms import local_platform
+
+    p, slow = cnn_profile, cnn_profile.scaled(1.5)
+    assert slow.forward_s(2, 3, 0.7) == pytest.approx(1.5 * p.forward_s(2, 3, 0.7))
+    assert slow.backward_s(5, 4, 2.0) == pytest.approx(1.5 * p.backward_s(5, 4, 2.0))
+    assert slow.step_s(0, 1.0) == pytest.approx(1.5 * p.step_s(0, 1.0))
+    assert slow.transfer_cpu_s(1e6) == pytest.approx(1.5 * p.transfer_cpu_s(1e6))
+    assert slow.poll_s == pytest.approx(1.5 * p.poll_s)
+    assert slow.activation_bytes(3, 4) == p.activation_bytes(3, 4)
+    assert slow.working_bytes(2, 4) == p.working_bytes(2, 4)
+    assert slow.scaled(2.0).meta["compute_scale"] == pytest.approx(3.0)
+    assert p.forward_s(2, 3, 0.7) == cnn_profile.forward_s(2, 3, 0.7)  # the original is unchanged
+    # a compute-bound plan takes longer on slower cores; its memory does not change
+    plan = funcpipe.Plan.even(12, stages=1, micro_batches=2)
+    fast_pred = funcpipe.predict(plan, p, local_platform(), batch_size=8)
+    slow_pred = funcpipe.predict(plan, slow, local_platform(), batch_size=8)
+    assert slow_pred.time_s > fast_pred.time_s
+    assert slow_pred.memory_mb == fast_pred.memory_mb
+    for bad in (0, -1.0, float("nan"), "2"):
+        with pytest.raises(ConfigError, match="positive number"):
+            p.scaled(bad)  # type: ignore[arg-type]
+
+
 def test_json_round_trip(cnn_profile: Profile, tmp_path) -> None:
     path = tmp_path / "cnn.json"
     cnn_profile.save(path)

@@ -57,7 +57,7 @@ def test_training_equals_fresh_interpreters(tmp_path: Path) -> None:
         assert torch.equal(a, b), name
 
 
-def test_parallel_torch_ops_do_not_deadlock(platform: LocalPlatform) -> None:
+def test_parallel_torch_ops_do_not_deadlock() -> None:
     """The server never runs a torch op, so a fork does not inherit a dead OpenMP pool."""
 
     def fn() -> None:
@@ -65,7 +65,8 @@ def test_parallel_torch_ops_do_not_deadlock(platform: LocalPlatform) -> None:
         x = torch.randn(8, 16, 64, 64, requires_grad=True)
         nn.Conv2d(16, 32, 3)(x).relu().sum().backward()
 
-    st = _run(platform, fn, memory_mb=3600, timeout_s=60)  # two cores: two threads
+    with LocalPlatform(start="forkserver", torch_threads=2) as platform:
+        st = _run(platform, fn, memory_mb=3600, timeout_s=60)  # two cores' share
     assert st.status is Status.SUCCEEDED, st.message
 
 

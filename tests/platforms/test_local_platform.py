@@ -330,6 +330,21 @@ def test_cpu_affinity_fallback(tmp_path: Path) -> None:
     assert json.loads(out.read_text()) == [1, 1]
 
 
+def test_torch_threads_leave_a_core_for_the_client() -> None:
+    from funcpipe.platforms.local import local_torch_threads
+
+    assert local_torch_threads(0.5, 2) == 1
+    assert local_torch_threads(2.0, 2) == 1  # the client and transfer threads need the other
+    assert local_torch_threads(2.0, 16) == 2
+    assert local_torch_threads(5.79, 16) == 5
+    assert local_torch_threads(None, 8) == 7
+    assert local_torch_threads(3.0, 1) == 1
+    with pytest.raises(ConfigError, match="torch_threads"):
+        LocalPlatform(torch_threads=0)
+    with pytest.raises(ConfigError, match="torch_threads"):
+        LocalPlatform(torch_threads=True)  # type: ignore[arg-type]
+
+
 def test_cpu_share_is_lambda_ratio_clamped() -> None:
     p = LocalPlatform(cpu_per_gb=None)
     assert p.cpu_share(1769) is None and p.cpu_mode == "none"

@@ -59,10 +59,8 @@ def test_local_profile_is_the_emulator_as_train_runs_it() -> None:
     assert local.link.latency_s == default.latency_s
     assert local.host_cores == len(os.sched_getaffinity(0))
     assert local.cpus(10240) <= local.host_cores
-    from funcpipe.platforms.local import LocalPlatform
-
     from funcpipe.planning.profile import threads_for
-    from funcpipe.platforms.local import local_torch_threads
+    from funcpipe.platforms.local import LocalPlatform, local_torch_threads
 
     with LocalPlatform() as plat:
         for mb in (256, 1769, 3008, 10240):

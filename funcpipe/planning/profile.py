@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform as _host
+import statistics
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
@@ -347,16 +348,22 @@ def _clock(threads: int) -> Callable[[], float]:
     return lambda: time.process_time() / threads
 
 
-def _best_time(
+def _typical_time(
     fn: Callable[[], Any], repeats: int, warmup: int, clock: Callable[[], float]
 ) -> tuple[float, Any]:
+    """Median time of ``repeats`` runs after ``warmup``, and the last result.
+
+    The median, not the minimum: a model sums the times of many layers, and per-layer minima
+    (each from whichever repeat was luckiest) add up to less than any real pass takes on a
+    host shared with other work.
+    """
     times, result = [], None
     for i in range(warmup + repeats):
         t0 = clock()
         result = fn()
         if i >= warmup:
             times.append(clock() - t0)
-    return min(times), result
+    return statistics.median(times), result
 
 
 def _consistent(by_threads: dict[int, float]) -> None:
@@ -389,14 +396,14 @@ def _transfer_cost(repeats: int) -> tuple[float, float, float]:
                 codec.decode(store.get("probe"))
                 store.delete("probe")
 
-            costs.append(_best_time(once, max(repeats, 3), 1, time.thread_time)[0])
+            costs.append(_typical_time(once, max(repeats, 3), 1, time.thread_time)[0])
 
         def polls(n: int = 100) -> None:
             for _ in range(n):
                 with contextlib.suppress(KeyNotFound):
                     store.get("missing")
 
-        poll = _best_time(polls, max(repeats, 3), 1, time.thread_time)[0] / 100
+        poll = _typical_time(polls, max(repeats, 3), 1, time.thread_time)[0] / 100
         store.close()
     per_byte = max(0.0, (costs[1] - costs[0]) / (sizes[1] - sizes[0]))
     return max(0.0, costs[0] - per_byte * sizes[0]), per_byte, poll
@@ -486,7 +493,7 @@ def profile(
                     def run_fwd(layer: nn.Module = layer, xin: Any = xin) -> Any:
                         return layer(xin)
 
-                    t_f, out = _best_time(run_fwd, repeats, warmup, clock)
+                    t_f, out = _typical_time(run_fwd, repeats, warmup, clock)
 
                     def run_bwd(
                         layer: nn.Module = layer,
@@ -514,7 +521,7 @@ def profile(
                             times.append(run_bwd.elapsed)  # type: ignore[attr-defined]
                     layer.zero_grad(set_to_none=True)
                     fwd[i].setdefault(mb, {})[k] = t_f
-                    bwd[i].setdefault(mb, {})[k] = min(times)
+                    bwd[i].setdefault(mb, {})[k] = statistics.median(times)
                     if k == counts[0]:
                         out_bytes[i][mb] = _nbytes(out)
                         counter = _SavedCounter(list(layer.parameters()))
@@ -540,7 +547,7 @@ def profile(
                     p.grad = torch.zeros_like(p)
                 for k in counts:
                     torch.set_num_threads(k)
-                    step[k], _ = _best_time(opt.step, repeats, warmup, _clock(k))
+                    step[k], _ = _typical_time(opt.step, repeats, warmup, _clock(k))
                 opt_bytes = sum(
                     v.numel() * v.element_size()
                     for state in opt.state.values()

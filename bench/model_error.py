@@ -148,73 +148,12 @@ def job_cores(seconds: float = 0.7) -> float:
     return min(float(cores), total)
 
 
-# The reference workload of the speed probe: single-threaded torch compute, a few milliseconds.
-PROBE_CODE = """
-import sys, time, torch
-torch.set_num_threads(1)
-a, b = torch.randn(192, 192), torch.randn(192, 192)
-while True:
-    cpu = time.thread_time()
-    for _ in range(8):
-        d = a @ b
-        e = torch.tanh(d) * 1.01 + d
-    print(f"{time.time():.4f} {time.thread_time() - cpu:.6f}", flush=True)
-    time.sleep(float(sys.argv[1]))
-"""
-
-
-class SpeedProbe:
-    """How fast this host computes, sampled all along: a process that times a fixed workload.
-
-    A shared VM's speed drifts: the same single-threaded loop took 24.7-45.9 ms within one
-    45-second run on the project's VM (other guests on the host's cores). The profile and the
-    training run are seconds to minutes apart, so the probe runs through both (3-4 % of a core:
-    a few milliseconds of work every ``period_s``) and :meth:`seconds` gives the median time of
-    its workload in any window; the ratio of two windows carries a profile from one to the
-    other (``Profile.scaled``).
-    """
-
-    def __init__(self, period_s: float = 0.2) -> None:
-        import subprocess
-        import threading
-
-        self.samples: list[tuple[float, float]] = []
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", PROBE_CODE, str(period_s)],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            at, cpu = line.split()
-            self.samples.append((float(at), float(cpu)))
-
-    def seconds(self, start: float, end: float) -> float:
-        """Median time of the workload sampled between ``start`` and ``end`` (wall clock); a
-        window too short for 5 samples is widened evenly until it holds them."""
-        margin = 0.0
-        while True:
-            inside = [cpu for at, cpu in self.samples if start - margin <= at <= end + margin]
-            if len(inside) >= 5:
-                return statistics.median(inside)
-            if margin > 30:
-                raise RuntimeError(f"speed probe: {len(inside)} samples in {end - start:.1f} s")
-            margin += 0.1
-
-    def close(self) -> None:
-        self._proc.kill()
-        self._proc.wait()
-
-
 def micro_sizes(batch_size: int, micro: int) -> list[int]:
     base, extra = divmod(batch_size, micro)
     return sorted({base + (b < extra) for b in range(micro)})
 
 
-def measure(case: Case, min_steps: int, min_seconds: float, probe: SpeedProbe) -> dict:
+def measure(case: Case, min_steps: int, min_seconds: float) -> dict:
     job = make_job(case.model, batch_size=case.batch_size, data_dir=None, seed=0)
     batches = list(itertools.islice(job.batches, min_steps))
 
@@ -222,13 +161,12 @@ def measure(case: Case, min_steps: int, min_seconds: float, probe: SpeedProbe) -
         return torch.optim.Adam(params, lr=1e-3)
 
     sizes = micro_sizes(case.batch_size, case.plan.micro_batches)
-    t0, profile_start = time.perf_counter(), time.time()
+    t0 = time.perf_counter()
     prof = profile(
         job.model, batches[0], micro_batch_sizes=sorted({*sizes, max(sizes) * 2}),
         loss_fn=job.loss_fn, optimizer=adam, repeats=5,
     )  # fmt: skip
     profile_s = time.perf_counter() - t0
-    profile_window = (profile_start, time.time())
     quiet = predict(case.plan, prof, local_platform(case.link), batch_size=case.batch_size)
     # Short iterations get more steps, so that every plan is measured over similar wall time.
     steps = max(min_steps, math.ceil(min_seconds / quiet.time_s) + 2)
@@ -240,16 +178,12 @@ def measure(case: Case, min_steps: int, min_seconds: float, probe: SpeedProbe) -
     )  # fmt: skip
     available = (before + job_cores()) / 2
     ends = [max(r["end"] for r in step) for step in result.reports]
-    # The host's speed while the steady state ran, against while the profile was taken.
-    drift = probe.seconds(ends[1], ends[-1]) / probe.seconds(*profile_window)
     platform = local_platform(case.link, host_cores=available)
-    pred = predict(case.plan, prof.scaled(drift), platform, batch_size=case.batch_size)
-    uncorrected = predict(case.plan, prof, platform, batch_size=case.batch_size)
+    pred = predict(case.plan, prof, platform, batch_size=case.batch_size)
     # Steady state: the median period between consecutive step ends after step 1 (step 0 holds
     # the cold start), robust to a hiccup of the shared host in one step.
     measured = statistics.median(b - a for a, b in itertools.pairwise(ends[1:]))
     error = abs(pred.time_s - measured) / measured
-    error_uncorrected = abs(uncorrected.time_s - measured) / measured
     shares = [round(c, 2) for c in pred.cpus]
     return {
         "plan": case.name,
@@ -263,9 +197,6 @@ def measure(case: Case, min_steps: int, min_seconds: float, probe: SpeedProbe) -
         "predicted_s": round(pred.time_s, 4),
         "measured_s": round(measured, 4),
         "error": round(error, 4),
-        "host_speed_drift": round(drift, 3),
-        "predicted_without_drift_s": round(uncorrected.time_s, 4),
-        "error_without_drift": round(error_uncorrected, 4),
         "job_cores": round(available, 2),
         "predicted_quiet_host_s": round(quiet.time_s, 4),
         "predicted_compute_share": round(
@@ -292,27 +223,18 @@ def main() -> None:
     cases = [c for c in CASES if not args.only or any(o in c.name for o in args.only)]
     load_before = os.getloadavg()[0]
     rows = []
-    probe = SpeedProbe()
-    try:
-        for case in cases:
-            row = measure(case, args.steps, args.seconds, probe)
-            rows.append(row)
-            raw = 100 * row["error_without_drift"]
-            print(
-                f"{row['plan']:<42} predicted {row['predicted_s']:7.3f} s  measured "
-                f"{row['measured_s']:7.3f} s  error {100 * row['error']:5.1f} %  (host speed "
-                f"x{row['host_speed_drift']:.2f}; without it {raw:.1f} %)",
-                flush=True,
-            )
-    finally:
-        probe.close()
+    for case in cases:
+        row = measure(case, args.steps, args.seconds)
+        rows.append(row)
+        print(
+            f"{row['plan']:<42} predicted {row['predicted_s']:7.3f} s  measured "
+            f"{row['measured_s']:7.3f} s  error {100 * row['error']:5.1f} %",
+            flush=True,
+        )
     errors = [r["error"] for r in rows]
-    raw = [r["error_without_drift"] for r in rows]
     summary = {
         "median_error": round(statistics.median(errors), 4),
         "worst_error": round(max(errors), 4),
-        "median_error_without_drift": round(statistics.median(raw), 4),
-        "worst_error_without_drift": round(max(raw), 4),
         "plans": len(rows),
         "host_cores": len(os.sched_getaffinity(0)),
         "load_average_before": round(load_before, 2),

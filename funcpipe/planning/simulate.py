@@ -42,7 +42,7 @@ from funcpipe.errors import ConfigError, ScheduleError
 from funcpipe.planning.memory import micro_batches_held, stage_memory_mb
 from funcpipe.planning.plan import Plan
 from funcpipe.planning.platforms import PlatformProfile, get_platform
-from funcpipe.planning.profile import Profile
+from funcpipe.planning.profile import Profile, threads_for
 from funcpipe.runtime.collectives import IN_FLIGHT, default_subchunks, split_sizes
 from funcpipe.runtime.schedule import (
     CLIENT,
@@ -250,6 +250,19 @@ class _Function:
         self.quota_index, self.quota_left = -1, 0.0  # CPU quota: current period, CPU-s left
         self.busy: list[tuple[float, float]] = []  # intervals with bytes or latency in flight
 
+    def charge_quota(self, cpu_s: float) -> None:
+        """Spend ``cpu_s`` of this period's CPU quota on a transfer thread: the quota (CFS
+        bandwidth control) throttles the function's cgroup as a whole, so its transfer threads
+        leave that much less for its compute in the same period."""
+        period = self.sim.quota_period
+        if not period:
+            return
+        index = math.floor(self.kernel.now / period + 1e-9)
+        if index != self.quota_index:
+            self.quota_index = index
+            self.quota_left = self.sim.cpus[self.worker.stage] * period
+        self.quota_left -= cpu_s
+
     def cpu_then(self, nbytes: float, then: Callable[[], None]) -> None:
         """Spend one end's share of a transfer's CPU cost on this function's CPU, then ``then``."""
         work = self.sim.profile_transfer_s(nbytes) / 2
@@ -257,6 +270,7 @@ class _Function:
             then()
             return
         share = min(1.0, self.sim.cpus[self.worker.stage])
+        self.charge_quota(work)
         ev = self.sim.cpu.run(work / share, share, share)
         ev.callbacks.append(lambda _t: then())
 
@@ -561,7 +575,7 @@ class _Sim:
         actions = self.schedule[w]
         deps = {a: local_deps(a, actions) for a in actions}
         cpus = self.cpus[w.stage]
-        threads = float(max(1, math.floor(cpus + 1e-9)))
+        threads = float(threads_for(cpus, getattr(self.platform, "max_threads", None)))
         # Under a quota per period the threads run at full speed while quota lasts.
         demand = threads if self.quota_period else min(cpus, threads)
         for step in range(self.steps):
@@ -625,7 +639,7 @@ class _Sim:
         function that mostly waits for transfers therefore computes at full speed.
         """
         cpus = self.cpus[a.stage]
-        if not self.quota_period or cpus >= demand - 1e-9:
+        if not self.quota_period:
             solo = self.work(a)
             one = self.work(a, 1.0) if solo > 0 else 0.0
             yield self.cpu.run(solo, demand, one / solo if solo > 0 else 1.0)

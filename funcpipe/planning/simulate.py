@@ -249,8 +249,6 @@ class _Function:
         self.counts = _Counts()
         self.quota_index, self.quota_left = -1, 0.0  # CPU quota: current period, CPU-s left
         self.busy: list[tuple[float, float]] = []  # intervals with bytes or latency in flight
-        self.computing = False  # a compute action of this function is running
-        self.gil_debt = 0.0  # lane CPU seconds spent while it ran: the compute waits that long
 
     def charge_quota(self, cpu_s: float) -> None:
         """Spend ``cpu_s`` of this period's CPU quota on a transfer thread: the quota (CFS
@@ -272,13 +270,6 @@ class _Function:
             then()
             return
         share = min(1.0, self.sim.cpus[self.worker.stage])
-        if self.computing:
-            # One interpreter lock per function: a lane's Python work runs while the main thread
-            # waits between two torch ops, so the running compute takes that much longer; its
-            # CPU (host cores and quota) is counted there, once.
-            self.gil_debt += work
-            self.kernel.at(self.kernel.now + work / share, then)
-            return
         self.charge_quota(work)
         ev = self.sim.cpu.run(work / share, share, share)
         ev.callbacks.append(lambda _t: then())
@@ -646,40 +637,16 @@ class _Sim:
         With one (CFS bandwidth control), the threads run at full speed and spend ``share x
         period`` CPU-seconds per period; once that is spent they wait for the next period. A
         function that mostly waits for transfers therefore computes at full speed.
-
-        A function has one interpreter lock: what its lanes do in Python while ``a`` runs
-        (``fn.gil_debt``) makes ``a`` wait that long, as one thread, once ``a``'s own work is done.
         """
-        fn.computing, fn.gil_debt = True, 0.0
-        try:
-            cpus = self.cpus[a.stage]
-            solo = self.work(a)
-            if solo > 0:
-                if not self.quota_period:
-                    yield from self._run_cpu(fn, a, solo, demand, self.work(a, 1.0) / solo)
-                else:
-                    full = self.work(a, demand)  # seconds with its threads unthrottled
-                    yield from self._run_cpu(fn, a, full, demand, self.work(a, 1.0) / full)
-            while fn.gil_debt > 1e-12:
-                debt, fn.gil_debt = fn.gil_debt, 0.0
-                if not self.quota_period:
-                    one = min(1.0, cpus)
-                    yield from self._run_cpu(fn, a, debt / one, one, one)
-                else:
-                    yield from self._run_cpu(fn, a, debt, 1.0, 1.0)
-        finally:
-            fn.computing = False
-
-    def _run_cpu(
-        self, fn: _Function, a: Action, work: float, demand: float, one: float
-    ) -> Generator[Any, None, None]:
-        """``work`` seconds at ``demand`` cores (``one``: its time on one core / ``work``), under
-        the function's CPU quota when the platform has one."""
-        if not self.quota_period:
-            yield self.cpu.run(work, demand, one)
-            return
         cpus = self.cpus[a.stage]
-        period, left = self.quota_period, work
+        if not self.quota_period:
+            solo = self.work(a)
+            one = self.work(a, 1.0) if solo > 0 else 0.0
+            yield self.cpu.run(solo, demand, one / solo if solo > 0 else 1.0)
+            return
+        full = self.work(a, demand)  # seconds with its threads unthrottled
+        one = self.work(a, 1.0) / full if full > 0 else 1.0
+        period, left = self.quota_period, full
         while left > 1e-12:
             index = math.floor(self.kernel.now / period + 1e-9)
             if index != fn.quota_index:

@@ -253,6 +253,8 @@ class LocalDirStorage(Storage):
 
     def delete_prefix(self, prefix: str) -> int:
         validate_prefix(prefix)
-        return self._request(
-            f"local DELETE-PREFIX {prefix!r}", lambda: len(self._walk(prefix, delete=True))
-        )
+        # Counted from a listing first: a retried walk after a lost reply would count only what
+        # the first attempt left behind (nothing).
+        keys = self._request(f"local LIST of {prefix!r}", lambda: self._walk(prefix))
+        self._request(f"local DELETE-PREFIX {prefix!r}", lambda: self._walk(prefix, delete=True))
+        return len(keys)

@@ -271,3 +271,29 @@ def test_s3_403_on_head_bucket_means_the_bucket_exists(s3_server: Any) -> None:
         stub.add_client_error("head_bucket", "403", "Forbidden", 403)
         store._check_bucket()
         stub.assert_no_pending_responses()
+
+
+class _LoseReplies(FaultInjector):
+    """Every request reaches the store; the reply of each first attempt is lost."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.attempts = 0
+
+    def around(self, fn):  # type: ignore[no-untyped-def]
+        self.attempts += 1
+        result = fn()
+        if self.attempts % 2 == 1:
+            raise Transient("reply lost")
+        return result
+
+
+def test_delete_prefix_counts_what_it_deleted_when_a_reply_is_lost(tmp_path: Path) -> None:
+    """A retried DELETE-PREFIX finds nothing left; the count still names the keys it removed."""
+    store = LocalDirStorage(tmp_path / "store")
+    for key in ("a/1", "a/2", "a/3", "b"):
+        store.put(key, b"v")
+    store.configure_requests(faults=_LoseReplies())
+    assert store.delete_prefix("a/") == 3
+    store.configure_requests(faults=None)
+    assert store.list("") == ["b"]

@@ -172,8 +172,12 @@ def _job_ended(
     return state
 
 
-#: Exit statuses of ``python -m funcpipe.platforms.lambda_handler`` for a job that ended first.
-_EXIT_FOR_STATE = {"cancelled": 3, "gone": 75}
+def _exit_for_state(state: str) -> int:
+    """Exit status of ``python -m funcpipe.platforms.lambda_handler`` for a handler result."""
+    from funcpipe.platforms.control import CANCELLED_EXIT
+    from funcpipe.runtime.heartbeat import CLIENT_GONE_EXIT
+
+    return {"cancelled": CANCELLED_EXIT, "gone": CLIENT_GONE_EXIT}.get(state, 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         print(f"funcpipe: the function failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    return _EXIT_FOR_STATE.get(result.get("state", ""), 0)
+    return _exit_for_state(result.get("state", ""))
 
 
 if __name__ == "__main__":

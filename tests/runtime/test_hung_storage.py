@@ -115,7 +115,9 @@ def test_a_store_that_hangs_mid_job_fails_it_within_the_bound(
         import redis
 
         client = redis.Redis.from_url(url)
-        assert all(client.ttl(k) > 0 for k in leftovers), "a key of the dead job never expires"
+        # -2: the key went away since the listing (a late delete once the store woke up)
+        ttls = {k: client.ttl(k) for k in leftovers}
+        assert all(t > 0 or t == -2 for t in ttls.values()), f"keys that never expire: {ttls}"
         client.close()
     removed = clean(watch, job_ids=["hung"], older_than_s=0, force=True)
     assert [j.job_id for j in removed] == ["hung"] or leftovers == []

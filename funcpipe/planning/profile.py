@@ -366,6 +366,59 @@ def _typical_time(
     return statistics.median(times), result
 
 
+def _time_in_rounds(
+    model: nn.Sequential,
+    inputs: Any,
+    targets: Any,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None,
+    *,
+    repeats: int,
+    warmup: int,
+    threads: int,
+    min_seconds: float = 0.0,
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Forward and backward times of every layer, in rounds through the whole model: ``warmup``
+    rounds not kept, then at least ``repeats`` rounds and at least ``min_seconds`` of them.
+
+    Rounds, not all repeats of one layer back to back: a shared host's speed drifts over
+    seconds, and the model sums the layers' times. Timed one after the other, a slow spell lands
+    on a few layers; timed in rounds, it lands on one round of every layer, and each layer's
+    median across rounds comes from the same typical rounds as every other layer's.
+    """
+    clock = _clock(threads)
+    n = len(model)
+    f_times: list[list[float]] = [[] for _ in range(n)]
+    b_times: list[list[float]] = [[] for _ in range(n)]
+    started, r = 0.0, 0
+    while r < warmup + repeats or time.perf_counter() - started < min_seconds:
+        if r == warmup:
+            started = time.perf_counter()
+        x = inputs
+        for i, layer in enumerate(model):
+            xin = _detached(x, grad=i > 0)
+            t0 = clock()
+            out = layer(xin)
+            t_f = clock() - t0
+            result = layer(xin)  # a fresh graph for backward
+            t0 = clock()
+            if i == n - 1 and loss_fn is not None:
+                loss = loss_fn(result, targets)
+                if loss.requires_grad:
+                    loss.backward()
+            else:
+                outs, grads = _grad_like(result)
+                if outs:
+                    torch.autograd.backward(outs, grads)
+            t_b = clock() - t0
+            if r >= warmup:
+                f_times[i].append(t_f)
+                b_times[i].append(t_b)
+            x = _detached(out, grad=False)
+        r += 1
+    model.zero_grad(set_to_none=True)
+    return f_times, b_times
+
+
 def _consistent(by_threads: dict[int, float]) -> None:
     """Keep the time at k threads between perfect speed-up and none over one thread's."""
     if 1 not in by_threads:
@@ -439,6 +492,7 @@ def profile(
     threads: Sequence[int] | None = None,
     repeats: int = 3,
     warmup: int = 1,
+    min_seconds: float = 0.0,
     runtime_base_mb: float | None = None,
 ) -> Profile:
     """Measure ``model`` layer by layer on this machine.
@@ -451,6 +505,9 @@ def profile(
     or more (time at other shares is fitted from them). ``loss_fn`` (needs targets) is timed as
     part of the last layer's backward. ``optimizer`` (default Adam) sizes the optimizer state and
     times its step. The model itself is not modified (a copy is measured).
+    Layers are timed in rounds through the whole model, at least ``repeats`` rounds and, per
+    micro-batch size and thread count, at least ``min_seconds`` of them: on a host whose speed
+    drifts, a longer profile samples the speed a run will see, not one moment of it.
     """
     if not isinstance(model, nn.Sequential) or len(model) == 0:
         raise ConfigError(
@@ -475,6 +532,8 @@ def profile(
         raise ConfigError(f"threads must be positive ints, got {counts}")
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    if not min_seconds >= 0:
+        raise ConfigError(f"min_seconds must be >= 0, got {min_seconds}")
     if runtime_base_mb is None:
         from funcpipe.planning.platforms import measured_runtime
 
@@ -500,54 +559,25 @@ def profile(
             tgt_table[mb] = len(codec.encode(y_mb, {"weight": "0.5"})) if y_mb is not None else 0
             for k in counts:
                 torch.set_num_threads(k)
-                clock = _clock(k)
-                x = x_mb
-                for i, layer in enumerate(model):
-                    last = i == n - 1
-                    xin = _detached(x, grad=i > 0)
-
-                    def run_fwd(layer: nn.Module = layer, xin: Any = xin) -> Any:
-                        return layer(xin)
-
-                    t_f, out = _typical_time(run_fwd, repeats, warmup, clock)
-
-                    def run_bwd(
-                        layer: nn.Module = layer,
-                        xin: Any = xin,
-                        last: bool = last,
-                        y: Any = y_mb,
-                        clock: Callable[[], float] = clock,
-                    ) -> None:
-                        result = layer(xin)
-                        t0 = clock()
-                        if last and loss_fn is not None:
-                            loss = loss_fn(result, y)
-                            if loss.requires_grad:
-                                loss.backward()
-                        else:
-                            outs, grads = _grad_like(result)
-                            if outs:
-                                torch.autograd.backward(outs, grads)
-                        run_bwd.elapsed = clock() - t0  # type: ignore[attr-defined]
-
-                    times = []
-                    for r in range(warmup + repeats):
-                        run_bwd()
-                        if r >= warmup:
-                            times.append(run_bwd.elapsed)  # type: ignore[attr-defined]
-                    layer.zero_grad(set_to_none=True)
-                    fwd[i].setdefault(mb, {})[k] = t_f
-                    bwd[i].setdefault(mb, {})[k] = statistics.median(times)
-                    if k == counts[0]:
-                        out_bytes[i][mb] = _nbytes(out)
-                        counter = _SavedCounter(list(layer.parameters()))
-                        with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
-                            layer(_detached(x, grad=i > 0))
-                        saved[i][mb] = counter.total
-                        # temporaries: the output's gradient and the input's gradient coexist
-                        # with the output during backward
-                        temp[i][mb] = _nbytes(out) + (_nbytes(x) if i > 0 else 0)
-                    x = _detached(out, grad=False)
+                f_times, b_times = _time_in_rounds(
+                    model, x_mb, y_mb, loss_fn, repeats=repeats, warmup=warmup, threads=k,
+                    min_seconds=min_seconds,
+                )  # fmt: skip
+                for i in range(n):
+                    fwd[i].setdefault(mb, {})[k] = statistics.median(f_times[i])
+                    bwd[i].setdefault(mb, {})[k] = statistics.median(b_times[i])
+            x = x_mb
+            for i, layer in enumerate(model):
+                out = layer(_detached(x, grad=i > 0))
+                out_bytes[i][mb] = _nbytes(out)
+                counter = _SavedCounter(list(layer.parameters()))
+                with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
+                    layer(_detached(x, grad=i > 0))
+                saved[i][mb] = counter.total
+                # temporaries: the output's gradient and the input's gradient coexist with the
+                # output during backward
+                temp[i][mb] = _nbytes(out) + (_nbytes(x) if i > 0 else 0)
+                x = _detached(out, grad=False)
         for tables in (*fwd, *bwd):
             for by_threads in tables.values():
                 _consistent(by_threads)
@@ -605,6 +635,7 @@ def profile(
             "cpu": _host.processor() or _host.machine(),
             "host_cores": cores,
             "repeats": repeats,
+            "min_seconds": min_seconds,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -104,11 +106,50 @@ def test_tuple_outputs_and_token_inputs() -> None:
     assert p.target_bytes(2) == 0
 
 
+def test_layers_are_timed_in_rounds_for_at_least_min_seconds(monkeypatch) -> None:
+    """Every round goes through the whole model (a slow spell hits one round of every layer,
+    not every repeat of a few layers), and rounds go on until ``min_seconds`` have passed."""
+    import funcpipe.planning.profile as prof_mod
+
+    calls: list[int] = []
+
+    class Tag(nn.Module):
+        def __init__(self, i: int) -> None:
+            super().__init__()
+            self.i, self.lin = i, nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(self.i)
+            return self.lin(x)
+
+    model = nn.Sequential(Tag(0), Tag(1), Tag(2))
+    seen: list[int] = []
+    real_median = prof_mod.statistics.median
+    monkeypatch.setattr(
+        prof_mod.statistics, "median", lambda xs: seen.append(len(xs)) or real_median(xs)
+    )
+    profile(model, torch.randn(2, 4), micro_batch_sizes=[2], threads=[1], repeats=3, warmup=1,
+            runtime_base_mb=1.0)  # fmt: skip
+    timed = calls[: 2 * 3 * 4]  # forward + forward-for-backward, 3 layers, 4 rounds
+    assert timed == [0, 0, 1, 1, 2, 2] * 4
+    assert seen[:6] == [3] * 6  # 3 kept rounds per layer, forward and backward
+
+    seen.clear()
+    started = time.perf_counter()
+    profile(model, torch.randn(2, 4), micro_batch_sizes=[2], threads=[1], repeats=3,
+            min_seconds=0.3, runtime_base_mb=1.0)  # fmt: skip
+    assert time.perf_counter() - started >= 0.3
+    assert seen[0] > 3  # more rounds than repeats asked for
+
+
 def test_bad_inputs() -> None:
     with pytest.raises(ConfigError, match="nn.Sequential"):
         profile(nn.Linear(2, 2), torch.randn(2, 2), runtime_base_mb=1.0)
     with pytest.raises(ConfigError, match="micro_batch_sizes"):
         profile(nn.Sequential(nn.Linear(2, 2)), torch.randn(2, 2), micro_batch_sizes=[0],
+                runtime_base_mb=1.0)  # fmt: skip
+    with pytest.raises(ConfigError, match="min_seconds"):
+        profile(nn.Sequential(nn.Linear(2, 2)), torch.randn(2, 2), min_seconds=-1,
                 runtime_base_mb=1.0)  # fmt: skip
 
 

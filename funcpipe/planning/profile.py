@@ -568,11 +568,10 @@ def profile(
                     bwd[i].setdefault(mb, {})[k] = statistics.median(b_times[i])
             x = x_mb
             for i, layer in enumerate(model):
-                out = layer(_detached(x, grad=i > 0))
-                out_bytes[i][mb] = _nbytes(out)
                 counter = _SavedCounter(list(layer.parameters()))
                 with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
-                    layer(_detached(x, grad=i > 0))
+                    out = layer(_detached(x, grad=i > 0))
+                out_bytes[i][mb] = _nbytes(out)
                 saved[i][mb] = counter.total
                 # temporaries: the output's gradient and the input's gradient coexist with the
                 # output during backward

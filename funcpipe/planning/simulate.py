@@ -250,18 +250,21 @@ class _Function:
         self.quota_index, self.quota_left = -1, 0.0  # CPU quota: current period, CPU-s left
         self.busy: list[tuple[float, float]] = []  # intervals with bytes or latency in flight
 
-    def charge_quota(self, cpu_s: float) -> None:
-        """Spend ``cpu_s`` of this period's CPU quota on a transfer thread: the quota (CFS
-        bandwidth control) throttles the function's cgroup as a whole, so its transfer threads
-        leave that much less for its compute in the same period."""
-        period = self.sim.quota_period
-        if not period:
-            return
+    def roll_quota(self, period: float) -> int:
+        """Move to the current CPU-quota period (a fresh period refills the quota); its index."""
         index = math.floor(self.kernel.now / period + 1e-9)
         if index != self.quota_index:
             self.quota_index = index
             self.quota_left = self.sim.cpus[self.worker.stage] * period
-        self.quota_left -= cpu_s
+        return index
+
+    def charge_quota(self, cpu_s: float) -> None:
+        """Spend ``cpu_s`` of this period's CPU quota on a transfer thread: the quota (CFS
+        bandwidth control) throttles the function's cgroup as a whole, so its transfer threads
+        leave that much less for its compute in the same period."""
+        if self.sim.quota_period:
+            self.roll_quota(self.sim.quota_period)
+            self.quota_left -= cpu_s
 
     def cpu_then(self, nbytes: float, then: Callable[[], None]) -> None:
         """Spend one end's share of a transfer's CPU cost on this function's CPU, then ``then``."""
@@ -638,7 +641,6 @@ class _Sim:
         period`` CPU-seconds per period; once that is spent they wait for the next period. A
         function that mostly waits for transfers therefore computes at full speed.
         """
-        cpus = self.cpus[a.stage]
         if not self.quota_period:
             solo = self.work(a)
             one = self.work(a, 1.0) if solo > 0 else 0.0
@@ -648,9 +650,7 @@ class _Sim:
         one = self.work(a, 1.0) / full if full > 0 else 1.0
         period, left = self.quota_period, full
         while left > 1e-12:
-            index = math.floor(self.kernel.now / period + 1e-9)
-            if index != fn.quota_index:
-                fn.quota_index, fn.quota_left = index, cpus * period
+            index = fn.roll_quota(period)
             if fn.quota_left <= 1e-12:
                 yield (index + 1) * period - self.kernel.now  # throttled until the next period
                 continue

@@ -177,14 +177,22 @@ class _Store:
             self.waiters.setdefault(key, []).append(cb)
 
 
-def _noticed(wait_start: float, visible: float) -> float:
-    """When ``Storage.wait`` started at ``wait_start`` sees a key that appears at ``visible``."""
+def _noticed(wait_start: float, visible: float, latency: float) -> float:
+    """When ``Storage.wait`` started at ``wait_start`` sees a key that appears at ``visible``.
+
+    Each poll reads the key when it starts; one that misses still pays the request's
+    ``latency`` (a GET that finds nothing is a round trip too), then the wait pauses 0.5 ms
+    doubling to ``POLL_MAX_S`` before the next poll. So polls come every latency + pause, not
+    every pause: on the default 10 ms link a waiting download notices its key 10 ms after it
+    appears on average, not 5 ms.
+    """
     t, pause = wait_start, _POLL_MIN_S
     while t < visible and pause < POLL_MAX_S:  # the doubling pauses
-        t += pause
+        t += latency + pause
         pause = min(pause * 2, POLL_MAX_S)
-    if t < visible:  # then one poll every POLL_MAX_S: jump straight to the first one after it
-        t += math.ceil((visible - t) / POLL_MAX_S) * POLL_MAX_S
+    if t < visible:  # then one poll every latency + POLL_MAX_S: jump to the first one after it
+        cycle = latency + POLL_MAX_S
+        t += math.ceil((visible - t) / cycle - 1e-12) * cycle
     return t
 
 
@@ -310,7 +318,7 @@ class _Function:
             polling = [False]
 
             def seen(visible: float) -> None:
-                noticed = _noticed(t0, visible)
+                noticed = _noticed(t0, visible, self.sim.latency)
                 if polling[0]:
                     self.kernel.at(noticed, lambda: self.sim.cpu.poll(-1))
                 end = self.down.cross(noticed + self.sim.latency, nbytes)
@@ -348,7 +356,7 @@ class _Cpu:
 
     def __init__(self, kernel: _Kernel, cores: float | None, background: float = 0.0) -> None:
         self.kernel, self.cores, self.background = kernel, cores, background
-        self.pollers = 0  # downloads waiting for a key: each polls storage every POLL_MAX_S
+        self.pollers = 0  # downloads waiting for a key: each polls every latency + POLL_MAX_S
         self.poll_cores = 0.0  # CPU one poller uses (cores)
         self.jobs: dict[int, list[Any]] = {}  # id -> [remaining work, demand, event, rate]
         self.last = 0.0
@@ -506,7 +514,7 @@ class _Sim:
         self.store = _Store(self.kernel)
         self.latency = platform.link.latency_s
         self.cpu = _Cpu(self.kernel, platform.host_cores, platform.background_tasks)
-        self.cpu.poll_cores = getattr(profile, "poll_s", 0.0) / POLL_MAX_S
+        self.cpu.poll_cores = getattr(profile, "poll_s", 0.0) / (POLL_MAX_S + self.latency)
         self.schedule = build_schedule(plan)
         self.spans: dict[tuple[WorkerId, int], list[tuple[str, str, float, float]]] = {}
         self.bounds: dict[tuple[WorkerId, int], tuple[float, float]] = {}

@@ -11,7 +11,10 @@ from funcpipe import Plan, Stage
 from funcpipe.errors import ConfigError
 from funcpipe.planning.platforms import AWS_LAMBDA, LinkProfile
 from funcpipe.planning.profile import LayerProfile, Profile
-from funcpipe.planning.simulate import REPORT_BYTES_PER_ACTION, _Cpu, _Kernel, predict
+from funcpipe.planning.simulate import REPORT_BYTES_PER_ACTION, _Cpu, _Kernel, _noticed, predict
+from funcpipe.storage import base as storage_base
+from funcpipe.storage import throttle
+from funcpipe.storage.memory import MemoryStorage
 
 MB = 4  # every micro-batch has 4 samples
 
@@ -78,9 +81,42 @@ def test_two_stages_transfer_is_bandwidth_plus_latency_plus_a_poll() -> None:
     send = spans["send_act mb0@s0"]
     recv = spans["recv_act mb0@s1"]
     # the activation (200 KB + header) crosses at 1 MB/s, is visible 0.2 s after the forward,
-    # then the receiver notices it (poll <= 10 ms), pays 10 ms and downloads it in 0.2 s
+    # then the receiver notices it (polls come every 10 ms latency + <= 10 ms pause), pays
+    # 10 ms and downloads it in 0.2 s
     assert send[3] - send[2] == pytest.approx(0.2002 + 0.01)
-    assert 0.2 + 0.01 + 0.2 <= recv[3] - send[2] <= 0.2 + 0.01 + 0.2 + 0.0102
+    assert 0.2 + 0.01 + 0.2 <= recv[3] - send[2] <= 0.2 + 0.01 + 0.2 + 0.0202
+
+
+class _Clock:
+    """A virtual clock for ``time.monotonic``/``time.sleep`` that publishes a key at a set time."""
+
+    def __init__(self, store: MemoryStorage, key: str, visible: float) -> None:
+        self.now, self.store, self.key, self.visible = 0.0, store, key, visible
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        if self.now < self.visible <= self.now + seconds:
+            self.store.put(self.key, b"x")
+        self.now += seconds
+
+
+@pytest.mark.parametrize("visible", [0.0, 0.0003, 0.004, 0.0105, 0.03, 0.0701, 0.25, 1.0])
+@pytest.mark.parametrize("latency", [0.0, 0.01, 0.05])
+def test_a_wait_notices_a_key_when_the_runtime_does(monkeypatch, visible, latency) -> None:
+    """The simulator's poll times are those of ``Storage.wait`` over a throttled link, where a
+    poll that misses still pays the request latency (run on a virtual clock: exact, not timed)."""
+    inner = MemoryStorage()
+    clock = _Clock(inner, "k", visible)
+    if visible == 0.0:
+        inner.put("k", b"x")
+    monkeypatch.setattr(storage_base, "time", clock)
+    monkeypatch.setattr(throttle, "time", clock)
+    link = throttle.ThrottledStorage(inner, throttle.LinkConfig(latency_s=latency))
+    link.wait("k", timeout=10.0)
+    # the wait returns one latency after the poll that found the key (1 byte: no stream time)
+    assert clock.now == pytest.approx(_noticed(0.0, visible, latency) + latency, abs=1e-9)
 
 
 def test_cpu_contention_on_a_shared_host() -> None:

@@ -68,25 +68,40 @@ class Prices:
 
 @dataclass(frozen=True)
 class LinkProfile:
-    """One function's link to object storage: bytes/s each way and seconds per request."""
+    """One function's link to object storage: bytes/s each way and seconds per request.
+
+    ``up_burst_bytes``/``down_burst_bytes``: what an idle link lets through at once before its
+    rate applies (a token bucket's depth). The local emulator has one (see
+    :func:`funcpipe.storage.throttle.burst_bytes`); for a cloud's link none is assumed.
+    """
 
     up_bytes_s: float
     down_bytes_s: float
     latency_s: float
+    up_burst_bytes: float = 0.0
+    down_burst_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.up_bytes_s > 0 and self.down_bytes_s > 0 and self.latency_s >= 0):
             raise ConfigError(f"LinkProfile needs positive rates and latency >= 0, got {self}")
+        if not (self.up_burst_bytes >= 0 and self.down_burst_bytes >= 0):
+            raise ConfigError(f"LinkProfile needs bursts >= 0 bytes, got {self}")
 
     @classmethod
     def from_link_config(cls, link: object) -> LinkProfile:
         """The profile of a :class:`~funcpipe.storage.throttle.LinkConfig` (MB = 1e6 bytes)."""
         if not getattr(link, "enabled", True):  # an unthrottled link: as fast as local memory
             return cls(up_bytes_s=1e12, down_bytes_s=1e12, latency_s=0.0)
+        from funcpipe.storage.throttle import burst_bytes
+
+        up = link.up_mb_s * MB  # type: ignore[attr-defined]
+        down = link.down_mb_s * MB  # type: ignore[attr-defined]
         return cls(
-            up_bytes_s=link.up_mb_s * MB,  # type: ignore[attr-defined]
-            down_bytes_s=link.down_mb_s * MB,  # type: ignore[attr-defined]
+            up_bytes_s=up,
+            down_bytes_s=down,
             latency_s=link.latency_s,  # type: ignore[attr-defined]
+            up_burst_bytes=burst_bytes(up),
+            down_burst_bytes=burst_bytes(down),
         )
 
 

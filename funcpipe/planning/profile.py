@@ -366,57 +366,61 @@ def _typical_time(
     return statistics.median(times), result
 
 
+Config = tuple[Any, Any, int]  # one micro-batch's inputs and targets, and a thread count
+
+
 def _time_in_rounds(
     model: nn.Sequential,
-    inputs: Any,
-    targets: Any,
+    configs: list[Config],
     loss_fn: Callable[[Any, Any], torch.Tensor] | None,
     *,
     repeats: int,
     warmup: int,
-    threads: int,
     min_seconds: float = 0.0,
-) -> tuple[list[list[float]], list[list[float]]]:
-    """Forward and backward times of every layer, in rounds through the whole model: ``warmup``
-    rounds not kept, then at least ``repeats`` rounds and at least ``min_seconds`` of them.
+) -> list[tuple[list[list[float]], list[list[float]]]]:
+    """Forward and backward times of every layer for every config, in rounds: each round runs
+    every config through the whole model; ``warmup`` rounds are not kept, then at least
+    ``repeats`` rounds and at least ``min_seconds`` of them.
 
-    Rounds, not all repeats of one layer back to back: a shared host's speed drifts over
-    seconds, and the model sums the layers' times. Timed one after the other, a slow spell lands
-    on a few layers; timed in rounds, it lands on one round of every layer, and each layer's
-    median across rounds comes from the same typical rounds as every other layer's.
+    Rounds, not all repeats of one layer (or one micro-batch size) back to back: a shared host's
+    speed drifts over seconds, and the model sums the layers' times and compares sizes and
+    thread counts. Timed one after the other, a slow spell lands on a few layers or on one size;
+    timed in rounds, it lands on one round of every layer of every config, and each median
+    across rounds comes from the same typical rounds as every other.
     """
-    clock = _clock(threads)
     n = len(model)
-    f_times: list[list[float]] = [[] for _ in range(n)]
-    b_times: list[list[float]] = [[] for _ in range(n)]
+    times = [([[] for _ in range(n)], [[] for _ in range(n)]) for _ in configs]
     started, r = 0.0, 0
     while r < warmup + repeats or time.perf_counter() - started < min_seconds:
         if r == warmup:
             started = time.perf_counter()
-        x = inputs
-        for i, layer in enumerate(model):
-            xin = _detached(x, grad=i > 0)
-            t0 = clock()
-            out = layer(xin)
-            t_f = clock() - t0
-            result = layer(xin)  # a fresh graph for backward
-            t0 = clock()
-            if i == n - 1 and loss_fn is not None:
-                loss = loss_fn(result, targets)
-                if loss.requires_grad:
-                    loss.backward()
-            else:
-                outs, grads = _grad_like(result)
-                if outs:
-                    torch.autograd.backward(outs, grads)
-            t_b = clock() - t0
-            if r >= warmup:
-                f_times[i].append(t_f)
-                b_times[i].append(t_b)
-            x = _detached(out, grad=False)
+        for (inputs, targets, threads), (f_times, b_times) in zip(configs, times, strict=True):
+            torch.set_num_threads(threads)
+            clock = _clock(threads)
+            x = inputs
+            for i, layer in enumerate(model):
+                xin = _detached(x, grad=i > 0)
+                t0 = clock()
+                out = layer(xin)
+                t_f = clock() - t0
+                result = layer(xin)  # a fresh graph for backward
+                t0 = clock()
+                if i == n - 1 and loss_fn is not None:
+                    loss = loss_fn(result, targets)
+                    if loss.requires_grad:
+                        loss.backward()
+                else:
+                    outs, grads = _grad_like(result)
+                    if outs:
+                        torch.autograd.backward(outs, grads)
+                t_b = clock() - t0
+                if r >= warmup:
+                    f_times[i].append(t_f)
+                    b_times[i].append(t_b)
+                x = _detached(out, grad=False)
         r += 1
     model.zero_grad(set_to_none=True)
-    return f_times, b_times
+    return times
 
 
 def _consistent(by_threads: dict[int, float]) -> None:
@@ -505,9 +509,10 @@ def profile(
     or more (time at other shares is fitted from them). ``loss_fn`` (needs targets) is timed as
     part of the last layer's backward. ``optimizer`` (default Adam) sizes the optimizer state and
     times its step. The model itself is not modified (a copy is measured).
-    Layers are timed in rounds through the whole model, at least ``repeats`` rounds and, per
-    micro-batch size and thread count, at least ``min_seconds`` of them: on a host whose speed
-    drifts, a longer profile samples the speed a run will see, not one moment of it.
+    Layers are timed in rounds, each through the whole model at every micro-batch size and
+    thread count: at least ``repeats`` rounds and at least ``min_seconds`` per size and thread
+    count of them (all interleaved): on a host whose speed drifts, a longer profile samples the
+    speed a run will see, not one moment of it, and every size and count sample the same.
     """
     if not isinstance(model, nn.Sequential) or len(model) == 0:
         raise ConfigError(
@@ -552,20 +557,23 @@ def profile(
     tgt_table: dict[int, int] = {}
     previous_threads = torch.get_num_threads()
     try:
+        batches = {
+            mb: (_take(inputs, mb), _take(targets, mb) if targets is not None else None)
+            for mb in sizes
+        }
+        configs = [(mb, k) for mb in sizes for k in counts]
+        timed = _time_in_rounds(
+            model, [(*batches[mb], k) for mb, k in configs], loss_fn, repeats=repeats,
+            warmup=warmup, min_seconds=min_seconds * len(configs),
+        )  # fmt: skip
+        for (mb, k), (f_times, b_times) in zip(configs, timed, strict=True):
+            for i in range(n):
+                fwd[i].setdefault(mb, {})[k] = statistics.median(f_times[i])
+                bwd[i].setdefault(mb, {})[k] = statistics.median(b_times[i])
         for mb in sizes:
-            x_mb = _take(inputs, mb)
-            y_mb = _take(targets, mb) if targets is not None else None
+            x_mb, y_mb = batches[mb]
             in_table[mb] = len(codec.encode(x_mb))
             tgt_table[mb] = len(codec.encode(y_mb, {"weight": "0.5"})) if y_mb is not None else 0
-            for k in counts:
-                torch.set_num_threads(k)
-                f_times, b_times = _time_in_rounds(
-                    model, x_mb, y_mb, loss_fn, repeats=repeats, warmup=warmup, threads=k,
-                    min_seconds=min_seconds,
-                )  # fmt: skip
-                for i in range(n):
-                    fwd[i].setdefault(mb, {})[k] = statistics.median(f_times[i])
-                    bwd[i].setdefault(mb, {})[k] = statistics.median(b_times[i])
             x = x_mb
             for i, layer in enumerate(model):
                 counter = _SavedCounter(list(layer.parameters()))

@@ -7,10 +7,12 @@ upload or download lane, a compute action waits for :func:`~funcpipe.runtime.sch
 a download completes after its upload). The parts are modelled after the runtime's code:
 
 * **link** (:class:`~funcpipe.storage.throttle.ThrottledStorage`): per function, one byte stream
-  per direction at the platform's rate, shared first come first served by every request of that
+  per direction at the platform's rate (through a token bucket where the platform's link has a
+  burst, as the emulator's does), shared first come first served by every request of that
   function; an upload becomes visible once its bytes are across and returns one request latency
-  later; a download is noticed at the next poll of ``Storage.wait`` (0.5 ms doubling to
-  ``POLL_MAX_S``), then pays the latency, then its bytes.
+  later; a download is noticed at the next poll of ``Storage.wait`` (a poll that misses pays the
+  latency too, then the wait pauses 0.5 ms doubling to ``POLL_MAX_S``), then pays the latency,
+  then its bytes.
 * **compute**: forward/backward/optimizer step times from the :class:`Profile` at the CPU share of
   the stage's memory. On a platform whose functions share one host (``host_cores``, the local
   emulator) busy functions split the cores max-min fairly, each capped at its share: a function
@@ -41,7 +43,7 @@ from typing import Any
 from funcpipe.errors import ConfigError, ScheduleError
 from funcpipe.planning.memory import micro_batches_held, stage_memory_mb
 from funcpipe.planning.plan import Plan
-from funcpipe.planning.platforms import PlatformProfile, get_platform
+from funcpipe.planning.platforms import LinkProfile, PlatformProfile, get_platform
 from funcpipe.planning.profile import Profile, threads_for
 from funcpipe.runtime.collectives import IN_FLIGHT, default_subchunks, split_sizes
 from funcpipe.runtime.schedule import (
@@ -197,16 +199,20 @@ def _noticed(wait_start: float, visible: float, latency: float) -> float:
 
 
 class _Link:
-    """One direction of a function's link: bytes cross one request after another."""
+    """One direction of a function's link: bytes cross one request after another, through a
+    token bucket of depth ``burst`` refilled at ``rate`` (as ThrottledStorage's TokenBucket)."""
 
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.free = 0.0
+    def __init__(self, rate: float, burst: float = 0.0) -> None:
+        self.rate, self.burst = rate, burst
+        self.busy = 0.0  # when the request ahead is across
+        self.empty = -math.inf  # when the bucket was (or will be) empty: it refills from then
 
     def cross(self, start: float, nbytes: float) -> float:
-        begin = max(start, self.free)
-        self.free = begin + nbytes / self.rate
-        return self.free
+        begin = max(start, self.busy)
+        tokens = min(self.burst, (begin - self.empty) * self.rate)
+        self.empty = begin + (nbytes - tokens) / self.rate  # before ``begin``: tokens left over
+        self.busy = max(begin, self.empty)
+        return self.busy
 
 
 @dataclass
@@ -246,10 +252,10 @@ class _Pool:
 class _Function:
     """A function's link, lanes and request counters."""
 
-    def __init__(self, sim: _Sim, worker: WorkerId, link_up: float, link_down: float) -> None:
+    def __init__(self, sim: _Sim, worker: WorkerId, link: LinkProfile) -> None:
         self.sim, self.kernel, self.worker = sim, sim.kernel, worker
-        self.up = _Link(link_up)
-        self.down = _Link(link_down)
+        self.up = _Link(link.up_bytes_s, link.up_burst_bytes)
+        self.down = _Link(link.down_bytes_s, link.down_burst_bytes)
         self.lanes = {
             Lane.UPLOAD: _Pool(self, "upload", 1),
             Lane.DOWNLOAD: _Pool(self, "download", 1),
@@ -521,9 +527,7 @@ class _Sim:
         self.compute: dict[tuple[WorkerId, int], float] = {}
         self.sync: dict[tuple[WorkerId, int], float] = {}
         self.functions = {
-            w: _Function(self, w, platform.link.up_bytes_s, platform.link.down_bytes_s)
-            for w in self.schedule
-            if w != CLIENT
+            w: _Function(self, w, platform.link) for w in self.schedule if w != CLIENT
         }
         self.cpus = [platform.cpus(s.memory_mb) for s in plan.stages]
         self.quota_period = getattr(platform, "cpu_quota_period_s", None)

@@ -73,6 +73,16 @@ def default_link(
     return None
 
 
+def burst_bytes(rate_bytes_s: float) -> float:
+    """Bytes an idle emulated link lets through at once: ~2 ms of traffic, at least 16 KiB.
+
+    A burst this small keeps the measured rate within ~1 % while slices of concurrent requests
+    interleave; the planner's simulator models the same bucket (a request that finds the link
+    idle gets this many bytes across without waiting).
+    """
+    return max(16384.0, rate_bytes_s * 0.002)
+
+
 class TokenBucket:
     """Rate limiter in bytes/s; callers may overdraw, later callers wait off the debt.
 
@@ -168,11 +178,8 @@ class ThrottledStorage(Storage):
         self.poll_max_s = inner.poll_max_s
         # Retried attempts and multipart requests are requests too: bill them.
         inner.on_extra_request = self._count_extra
-        # Burst of ~2 ms of traffic (at least 16 KiB) keeps the measured rate within ~1 %.
-        self._up = TokenBucket(self.link.up_mb_s * MB, max(16384, self.link.up_mb_s * MB * 0.002))
-        self._down = TokenBucket(
-            self.link.down_mb_s * MB, max(16384, self.link.down_mb_s * MB * 0.002)
-        )
+        self._up = TokenBucket(self.link.up_mb_s * MB, burst_bytes(self.link.up_mb_s * MB))
+        self._down = TokenBucket(self.link.down_mb_s * MB, burst_bytes(self.link.down_mb_s * MB))
 
     def __repr__(self) -> str:
         return f"ThrottledStorage({self.inner!r}, {self.link!r})"

@@ -141,6 +141,16 @@ def test_layers_are_timed_in_rounds_for_at_least_min_seconds(monkeypatch) -> Non
     assert time.perf_counter() - started >= 0.3
     assert seen[0] > 3  # more rounds than repeats asked for
 
+    # several micro-batch sizes: every round goes through all of them (a slow spell of the
+    # host lands on one round of each size, not on one size)
+    sizes: list[int] = []
+    model = nn.Sequential(Tag(0), Tag(1))
+    model[0].register_forward_pre_hook(lambda _m, args: sizes.append(args[0].shape[0]))
+    calls.clear()
+    profile(model, torch.randn(2, 4), micro_batch_sizes=[1, 2], threads=[1], repeats=2,
+            warmup=0, runtime_base_mb=1.0)  # fmt: skip
+    assert sizes[: 2 * 2 * 2] == [1, 1, 2, 2] * 2  # round 1: size 1 then 2; round 2: again
+
 
 def test_bad_inputs() -> None:
     with pytest.raises(ConfigError, match="nn.Sequential"):

@@ -11,7 +11,14 @@ from funcpipe import Plan, Stage
 from funcpipe.errors import ConfigError
 from funcpipe.planning.platforms import AWS_LAMBDA, LinkProfile
 from funcpipe.planning.profile import LayerProfile, Profile
-from funcpipe.planning.simulate import REPORT_BYTES_PER_ACTION, _Cpu, _Kernel, _noticed, predict
+from funcpipe.planning.simulate import (
+    REPORT_BYTES_PER_ACTION,
+    _Cpu,
+    _Kernel,
+    _Link,
+    _noticed,
+    predict,
+)
 from funcpipe.storage import base as storage_base
 from funcpipe.storage import throttle
 from funcpipe.storage.memory import MemoryStorage
@@ -117,6 +124,36 @@ def test_a_wait_notices_a_key_when_the_runtime_does(monkeypatch, visible, latenc
     link.wait("k", timeout=10.0)
     # the wait returns one latency after the poll that found the key (1 byte: no stream time)
     assert clock.now == pytest.approx(_noticed(0.0, visible, latency) + latency, abs=1e-9)
+
+
+class _VirtualTime:
+    """``time.monotonic``/``time.sleep`` on a virtual clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.parametrize("rate", [4e6, 70e6])
+def test_a_link_crosses_bytes_when_the_emulators_token_bucket_does(monkeypatch, rate) -> None:
+    """The simulated link is the emulator's token bucket: an idle link lets a burst through at
+    once, then the rate applies (requests one after another, on a virtual clock)."""
+    clock = _VirtualTime()
+    monkeypatch.setattr(throttle, "time", clock)
+    link = throttle.ThrottledStorage(MemoryStorage(), throttle.LinkConfig(up_mb_s=rate / 1e6))
+    model = _Link(rate, throttle.burst_bytes(rate))
+    requests = [(0.0, 10_000), (0.0, 500_000), (0.3, 5_000), (0.3001, 200_000), (2.0, 1_000_000)]
+    for start, nbytes in requests:
+        clock.now = max(clock.now, start)  # one request after another, as on a lane
+        link._stream(link._up, nbytes)
+        assert model.cross(start, nbytes) == pytest.approx(clock.now, abs=1e-9)
+    # the first request fit in the burst: it took no time
+    assert _Link(rate, throttle.burst_bytes(rate)).cross(0.0, 10_000) == 0.0
 
 
 def test_cpu_contention_on_a_shared_host() -> None:

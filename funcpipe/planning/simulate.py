@@ -16,7 +16,10 @@ a download completes after its upload). The parts are modelled after the runtime
 * **compute**: forward/backward/optimizer step times from the :class:`Profile` at the CPU share of
   the stage's memory. On a platform whose functions share one host (``host_cores``, the local
   emulator) busy functions split the cores max-min fairly, each capped at its share: a function
-  whose demand cannot be met runs proportionally slower.
+  whose demand cannot be met runs proportionally slower. Under a CPU quota per period (the
+  emulator's CFS bandwidth control) a function's threads run at full speed while its quota
+  lasts, then at its share's rate (the quota as a bucket refilled at that rate, the average
+  of the kernel's per-period throttling over a period's phases).
 * **gradient sync**: the all-reduce of :mod:`funcpipe.runtime.collectives` as the runtime calls it
   (pipelined: sub-chunks of about ``TARGET_PIECE_BYTES`` with ``IN_FLIGHT`` requests per
   direction, reduced pieces published as soon as they are ready; naive: one phase after
@@ -261,23 +264,42 @@ class _Function:
             Lane.DOWNLOAD: _Pool(self, "download", 1),
         }
         self.counts = _Counts()
-        self.quota_index, self.quota_left = -1, 0.0  # CPU quota: current period, CPU-s left
+        self.quota_left: float | None = None  # CPU quota: CPU-seconds in the bucket (None: full)
+        self.quota_at = 0.0  # when quota_left was last brought up to date
         self.busy: list[tuple[float, float]] = []  # intervals with bytes or latency in flight
 
-    def roll_quota(self, period: float) -> int:
-        """Move to the current CPU-quota period (a fresh period refills the quota); its index."""
-        index = math.floor(self.kernel.now / period + 1e-9)
-        if index != self.quota_index:
-            self.quota_index = index
-            self.quota_left = self.sim.cpus[self.worker.stage] * period
-        return index
+    def quota_cap(self) -> float:
+        """The bucket's depth: a function coming out of a wait gets at most one period's quota
+        (share x period) at full speed before the quota's rate applies, as in a fresh CFS
+        period; ``demand`` threads drain it at ``demand - share`` while it refills."""
+        share, demand = self.sim.cpus[self.worker.stage], self.sim.demand[self.worker.stage]
+        return share * self.sim.quota_period * max(0.0, demand - share) / demand
+
+    def refill_quota(self, *, capped: bool = True) -> float:
+        """Bring the CPU quota up to now (it refills at the share's rate); the CPU-s left.
+        ``capped=False`` right after a compute chunk: what it spent is taken off before the
+        bucket's depth applies."""
+        if self.quota_left is None:
+            self.quota_left = self.quota_cap()
+        share = self.sim.cpus[self.worker.stage]
+        self.quota_left += share * (self.kernel.now - self.quota_at)
+        if capped:
+            self.quota_left = min(self.quota_left, self.quota_cap())
+        self.quota_at = self.kernel.now
+        return self.quota_left
+
+    def spend_quota(self, cpu_s: float) -> None:
+        """Take ``cpu_s`` a compute chunk spent off the quota (refilled over the chunk)."""
+        self.refill_quota(capped=False)
+        self.quota_left = min((self.quota_left or 0.0) - cpu_s, self.quota_cap())
 
     def charge_quota(self, cpu_s: float) -> None:
-        """Spend ``cpu_s`` of this period's CPU quota on a transfer thread: the quota (CFS
-        bandwidth control) throttles the function's cgroup as a whole, so its transfer threads
-        leave that much less for its compute in the same period."""
+        """Spend ``cpu_s`` of the CPU quota on a transfer thread: the quota (CFS bandwidth
+        control) throttles the function's cgroup as a whole, so its transfer threads leave that
+        much less for its compute."""
         if self.sim.quota_period:
-            self.roll_quota(self.sim.quota_period)
+            if self.quota_left is None:
+                self.quota_left = self.quota_cap()
             self.quota_left -= cpu_s
 
     def cpu_then(self, nbytes: float, then: Callable[[], None]) -> None:
@@ -530,6 +552,8 @@ class _Sim:
             w: _Function(self, w, platform.link) for w in self.schedule if w != CLIENT
         }
         self.cpus = [platform.cpus(s.memory_mb) for s in plan.stages]
+        cap = getattr(platform, "max_threads", None)
+        self.demand = [float(threads_for(c, cap)) for c in self.cpus]  # threads per function
         self.quota_period = getattr(platform, "cpu_quota_period_s", None)
         self._work: dict[tuple[Any, ...], float] = {}
 
@@ -649,27 +673,42 @@ class _Sim:
         """Compute ``a`` on ``fn``'s CPU share, sharing the host's cores with other functions.
 
         Without a quota period a share below the thread count slows the work down uniformly.
-        With one (CFS bandwidth control), the threads run at full speed and spend ``share x
-        period`` CPU-seconds per period; once that is spent they wait for the next period. A
-        function that mostly waits for transfers therefore computes at full speed.
+        With one (CFS bandwidth control), the function's threads run at full speed while its
+        quota lasts and at the share's rate once it is spent; the quota is a bucket refilled at
+        the share's rate, deep enough for one period's quota (share x period CPU-seconds) at
+        full speed (see ``_Function.quota_cap``). A function
+        that mostly waits for transfers therefore computes at full speed. (The kernel's quota
+        is per period, so a function is really throttled until the period ends; a run's steps
+        do not keep in phase with its periods, and the bucket is that behaviour on average:
+        modelled per period, a plan's predicted time jumped by a period when its compute grew
+        by a few percent.)
         """
-        if not self.quota_period:
+        share = self.cpus[a.stage]
+        if not self.quota_period or demand <= share:
             solo = self.work(a)
             one = self.work(a, 1.0) if solo > 0 else 0.0
-            yield self.cpu.run(solo, demand, one / solo if solo > 0 else 1.0)
+            yield self.cpu.run(solo, min(demand, share), one / solo if solo > 0 else 1.0)
             return
         full = self.work(a, demand)  # seconds with its threads unthrottled
         one = self.work(a, 1.0) / full if full > 0 else 1.0
-        period, left = self.quota_period, full
+        left = full
         while left > 1e-12:
-            index = fn.roll_quota(period)
-            if fn.quota_left <= 1e-12:
-                yield (index + 1) * period - self.kernel.now  # throttled until the next period
+            level = fn.refill_quota()
+            if level < -1e-12:  # transfer threads overdrew it: wait until it is paid back
+                yield -level / share
                 continue
-            chunk = min(left, fn.quota_left / demand)
-            yield self.cpu.run(chunk, demand, one)
-            left -= chunk
-            fn.quota_left -= chunk * demand
+            if level > 1e-12:  # full speed until the bucket is empty (it refills meanwhile)
+                chunk = min(left, level / (demand - share))
+                yield self.cpu.run(chunk, demand, one)
+                fn.spend_quota(chunk * demand)
+                left -= chunk
+                continue
+            # empty: the rest runs at the share's rate, as without a period
+            solo = self.work(a) * left / full
+            t1 = self.work(a, 1.0) * left / full
+            yield self.cpu.run(solo, share, t1 / solo if solo > 0 else 1.0)
+            fn.spend_quota(solo * share)
+            left = 0.0
 
     def all_reduce(self, fn: _Function, step: int, s: int) -> Generator[Any, None, None]:
         """The runtime's all_reduce for replica ``fn.worker.replica`` of stage ``s``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -206,6 +207,25 @@ def test_errors(cnn_profile: Profile) -> None:
 
 def test_exported() -> None:
     assert funcpipe.predict is predict and funcpipe.Prediction.__name__ == "Prediction"
+
+
+def test_a_quota_per_period_lets_a_short_burst_run_at_full_speed() -> None:
+    """Under a CFS quota (half a core, 100 ms periods, one thread), compute coming out of a wait
+    runs at full speed for up to one period's quota, then at the share's rate; and a plan's
+    time grows smoothly with its compute (no jump by a whole period for a few percent more)."""
+    quota = SLOW.replace(cpu_quota_period_s=0.1, max_threads=1)
+    half = Plan(stages=[Stage(start=0, end=1, memory_mb=885)])  # 0.5 cores
+    short = predict(half, hand_profile(layer("l0", 0.02, 0.02, 1000)), quota)
+    assert short.breakdown["stage0-replica0"].compute_s == pytest.approx(0.04, rel=1e-3)
+    # 1 s of compute: the first 50 ms of quota at full speed, the rest at half speed
+    long = predict(half, hand_profile(layer("l0", 0.5, 0.5, 1000)), quota)
+    assert long.breakdown["stage0-replica0"].compute_s == pytest.approx(0.05 + 2 * 0.95, rel=1e-2)
+    times = [
+        predict(half, hand_profile(layer("l0", 0.1 * f, 0.1 * f, 1000)), quota).time_s
+        for f in (1.0, 1.01, 1.02, 1.03, 1.04, 1.05, 1.06, 1.07, 1.08, 1.09, 1.1)
+    ]
+    steps = [b / a - 1 for a, b in itertools.pairwise(times)]
+    assert all(0 <= d < 0.02 for d in steps), steps
 
 
 def test_other_programs_and_fewer_cores_slow_a_local_job() -> None:

@@ -202,20 +202,63 @@ def _noticed(wait_start: float, visible: float, latency: float) -> float:
 
 
 class _Link:
-    """One direction of a function's link: bytes cross one request after another, through a
-    token bucket of depth ``burst`` refilled at ``rate`` (as ThrottledStorage's TokenBucket)."""
+    """One direction of a function's link, as ThrottledStorage's token bucket serves it: the
+    requests in flight share the rate equally (the bucket lets their slices through in turn),
+    and a request that finds the link idle first gets what the bucket saved up meanwhile
+    (``burst`` bytes at most) across at once."""
 
-    def __init__(self, rate: float, burst: float = 0.0) -> None:
-        self.rate, self.burst = rate, burst
-        self.busy = 0.0  # when the request ahead is across
-        self.empty = -math.inf  # when the bucket was (or will be) empty: it refills from then
+    def __init__(self, kernel: _Kernel, rate: float, burst: float = 0.0) -> None:
+        self.kernel, self.rate, self.burst = kernel, rate, burst
+        self.tokens, self.idle_since = burst, 0.0
+        self.flows: dict[int, list[Any]] = {}  # id -> [bytes left, callback(t)]
+        self.last = 0.0
+        self.version = 0
+        self._ids = itertools.count()
 
-    def cross(self, start: float, nbytes: float) -> float:
-        begin = max(start, self.busy)
-        tokens = min(self.burst, (begin - self.empty) * self.rate)
-        self.empty = begin + (nbytes - tokens) / self.rate  # before ``begin``: tokens left over
-        self.busy = max(begin, self.empty)
-        return self.busy
+    def send(self, nbytes: float, done: Callable[[float], None]) -> None:
+        """Start ``nbytes`` across now; ``done(t)`` once they are."""
+        now = self.kernel.now
+        self._advance()
+        if not self.flows:
+            self.tokens = min(self.burst, self.tokens + (now - self.idle_since) * self.rate)
+        free = min(self.tokens, nbytes)
+        self.tokens -= free
+        if nbytes - free <= 1e-9:
+            self.kernel.at(now, lambda: done(now))
+            if not self.flows:
+                self.idle_since = now
+            return
+        self.flows[next(self._ids)] = [nbytes - free, done]
+        self._reschedule()
+
+    def _advance(self) -> None:
+        now = self.kernel.now
+        if self.flows:
+            each = self.rate / len(self.flows) * (now - self.last)
+            for flow in self.flows.values():
+                flow[0] -= each
+        self.last = now
+
+    def _reschedule(self) -> None:
+        self.version += 1
+        version = self.version
+        least = min(flow[0] for flow in self.flows.values())
+        when = self.kernel.now + max(least, 0.0) * len(self.flows) / self.rate
+
+        def finish() -> None:
+            if version != self.version:
+                return
+            self._advance()
+            now = self.kernel.now
+            for fid in [f for f, flow in self.flows.items() if flow[0] <= 1e-6]:
+                self.flows.pop(fid)[1](now)
+            if self.flows:
+                self._reschedule()
+            else:
+                self.idle_since = now
+                self.version += 1
+
+        self.kernel.at(when, finish)
 
 
 @dataclass
@@ -257,8 +300,8 @@ class _Function:
 
     def __init__(self, sim: _Sim, worker: WorkerId, link: LinkProfile) -> None:
         self.sim, self.kernel, self.worker = sim, sim.kernel, worker
-        self.up = _Link(link.up_bytes_s, link.up_burst_bytes)
-        self.down = _Link(link.down_bytes_s, link.down_burst_bytes)
+        self.up = _Link(self.kernel, link.up_bytes_s, link.up_burst_bytes)
+        self.down = _Link(self.kernel, link.down_bytes_s, link.down_burst_bytes)
         self.lanes = {
             Lane.UPLOAD: _Pool(self, "upload", 1),
             Lane.DOWNLOAD: _Pool(self, "download", 1),
@@ -319,10 +362,9 @@ class _Function:
         def run(finish: Callable[[], None]) -> None:
             t0 = self.kernel.now
 
-            def send() -> None:
-                crossed = self.up.cross(self.kernel.now, nbytes)
-                self.sim.store.publish(key, crossed)
-                end = crossed + self.sim.latency
+            def crossed(t: float) -> None:
+                self.sim.store.publish(key, t)
+                end = t + self.sim.latency
                 self.counts.puts += 1
                 self.busy.append((t0, end))
 
@@ -333,7 +375,7 @@ class _Function:
 
                 self.kernel.at(end, done)
 
-            self.cpu_then(nbytes, send)  # encode and write
+            self.cpu_then(nbytes, lambda: self.up.send(nbytes, crossed))  # encode and write
 
         return run
 
@@ -349,17 +391,19 @@ class _Function:
                 noticed = _noticed(t0, visible, self.sim.latency)
                 if polling[0]:
                     self.kernel.at(noticed, lambda: self.sim.cpu.poll(-1))
-                end = self.down.cross(noticed + self.sim.latency, nbytes)
                 self.counts.gets += 1
                 self.counts.deletes += int(delete)
-                self.busy.append((noticed, end))
 
                 def done() -> None:
                     if span:
                         self.sim.record(self.worker, step, span, "download", t0, self.kernel.now)
                     finish()
 
-                self.kernel.at(end, lambda: self.cpu_then(nbytes, done))  # read and decode
+                def crossed(end: float) -> None:
+                    self.busy.append((noticed, end))
+                    self.cpu_then(nbytes, done)  # read and decode
+
+                self.kernel.at(noticed + self.sim.latency, lambda: self.down.send(nbytes, crossed))
 
             if key not in self.sim.store.visible:
                 polling[0] = True

@@ -147,14 +147,32 @@ def test_a_link_crosses_bytes_when_the_emulators_token_bucket_does(monkeypatch, 
     clock = _VirtualTime()
     monkeypatch.setattr(throttle, "time", clock)
     link = throttle.ThrottledStorage(MemoryStorage(), throttle.LinkConfig(up_mb_s=rate / 1e6))
-    model = _Link(rate, throttle.burst_bytes(rate))
+    kernel = _Kernel()
+    model = _Link(kernel, rate, throttle.burst_bytes(rate))
     requests = [(0.0, 10_000), (0.0, 500_000), (0.3, 5_000), (0.3001, 200_000), (2.0, 1_000_000)]
+    ends: list[float] = []
     for start, nbytes in requests:
         clock.now = max(clock.now, start)  # one request after another, as on a lane
         link._stream(link._up, nbytes)
-        assert model.cross(start, nbytes) == pytest.approx(clock.now, abs=1e-9)
-    # the first request fit in the burst: it took no time
-    assert _Link(rate, throttle.burst_bytes(rate)).cross(0.0, 10_000) == 0.0
+        kernel.at(max([start, *ends[-1:]]), lambda n=nbytes: model.send(n, ends.append))
+        kernel.run()
+        assert ends[-1] == pytest.approx(clock.now, abs=1e-9)
+    assert ends[0] == 0.0  # the first request fit in the burst: it took no time
+
+
+def test_requests_in_flight_share_a_link() -> None:
+    """Concurrent requests share the rate (the token bucket serves their slices in turn), so
+    two equal requests started together both finish when both are across."""
+    kernel = _Kernel()
+    link = _Link(kernel, 1e6)  # 1 MB/s, no burst
+    ends: dict[str, float] = {}
+    kernel.at(0.0, lambda: link.send(1e6, lambda t: ends.setdefault("a", t)))
+    kernel.at(0.0, lambda: link.send(1e6, lambda t: ends.setdefault("b", t)))
+    kernel.at(0.5, lambda: link.send(1e5, lambda t: ends.setdefault("small", t)))
+    kernel.run()
+    # 0.5 s: 0.25 MB each of a and b; then three share it: the small one's 0.1 MB takes 0.3 s
+    assert ends["small"] == pytest.approx(0.8)
+    assert ends["a"] == pytest.approx(2.1) and ends["b"] == pytest.approx(2.1)
 
 
 def test_cpu_contention_on_a_shared_host() -> None:

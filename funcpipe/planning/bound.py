@@ -49,28 +49,50 @@ from funcpipe.runtime.collectives import default_subchunks
 
 @dataclass(frozen=True)
 class Link:
+    """A function's link as the simulator sees it; a request may get up to a burst of its
+    bytes across at once (an idle link's token bucket), so every byte term leaves that out."""
+
     up_bps: float
     down_bps: float
     latency_s: float
+    up_burst: float = 0.0
+    down_burst: float = 0.0
+
+    def up_bytes(self, nbytes: float, requests: int = 1) -> float:
+        return max(0.0, nbytes - requests * self.up_burst) / self.up_bps
+
+    def down_bytes(self, nbytes: float, requests: int = 1) -> float:
+        return max(0.0, nbytes - requests * self.down_burst) / self.down_bps
 
     def up(self, nbytes: float) -> float:
-        return self.latency_s + nbytes / self.up_bps
+        return self.latency_s + self.up_bytes(nbytes)
 
     def down(self, nbytes: float) -> float:
-        return self.latency_s + nbytes / self.down_bps
+        return self.latency_s + self.down_bytes(nbytes)
+
+    def sync_lanes(self, grad_bytes: float, replicas: int) -> tuple[float, float]:
+        """Least upload and download time of one replica's all-reduce of ``grad_bytes``: it
+        sends its n - 1 pieces and its reduced chunk, and fetches n - 1 pieces and n - 1
+        reduced chunks (each chunk in ``k`` sub-chunks, one request each)."""
+        if replicas <= 1 or grad_bytes <= 0:
+            return 0.0, 0.0
+        numel = int(grad_bytes // 4) + 1
+        k = max(1, min(default_subchunks(numel, replicas, 4), numel // replicas))
+        up = self.up_bytes(grad_bytes, replicas * k)
+        down = self.down_bytes(2 * (replicas - 1) / replicas * grad_bytes, 2 * (replicas - 1) * k)
+        return up, down
 
     def sync(self, grad_bytes: float, replicas: int) -> float:
         """Least time an all-reduce of ``grad_bytes`` among ``replicas`` functions takes."""
-        if replicas <= 1 or grad_bytes <= 0:
-            return 0.0
-        up = grad_bytes / self.up_bps
-        down = 2 * (replicas - 1) / replicas * grad_bytes / self.down_bps
-        return max(up, down)
+        return max(self.sync_lanes(grad_bytes, replicas))
 
 
 def link_of(platform: Any) -> Link:
     link = platform.link
-    return Link(float(link.up_bytes_s), float(link.down_bytes_s), float(link.latency_s))
+    return Link(
+        float(link.up_bytes_s), float(link.down_bytes_s), float(link.latency_s),
+        float(getattr(link, "up_burst_bytes", 0.0)), float(getattr(link, "down_burst_bytes", 0.0)),
+    )  # fmt: skip
 
 
 REPORT_POLL_S = 0.05  # the client polls every function's report this often (client/train.py)
@@ -241,7 +263,7 @@ class Options:
         # the key is visible once its bytes are up; the upload's own latency comes after that,
         # so the path pays one request latency, not two
         a = self.act[g]
-        return self.xfer(a) + a / self.link.up_bps + self.link.latency_s + a / self.link.down_bps
+        return self.xfer(a) + self.link.up_bytes(a) + self.link.latency_s + self.link.down_bytes(a)
 
     def row(self, i: int, k: int, j: int, d: int) -> tuple[float, ...]:
         """The bound's terms for one stage: groups [i, k) on memory choice j with d replicas."""
@@ -255,8 +277,7 @@ class Options:
         dn_out = self.dn_busy(a_out) if not last else self.target_dn
         n = math.ceil(m / d)
         sync = link.sync(grad_bytes, d)
-        sync_up = grad_bytes / link.up_bps if d > 1 else 0.0
-        sync_dn = 2 * (d - 1) / d * grad_bytes / link.down_bps if d > 1 else 0.0
+        sync_up, sync_dn = link.sync_lanes(grad_bytes, d)
         f = self.F[j, k] - self.F[j, i]
         b = self.B[j, k] - self.B[j, i]
         step = self.ST[j, k] - self.ST[j, i]

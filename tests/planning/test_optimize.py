@@ -284,3 +284,17 @@ def test_optimize_takes_a_platform_name_and_returns_a_plan(cnn_profile) -> None:
     assert isinstance(plan, funcpipe.Plan) and plan.num_layers == cnn_profile.num_layers
     pred = funcpipe.predict(plan, cnn_profile, "aws-lambda", batch_size=8)
     assert all(n <= s.memory_mb for n, s in zip(pred.memory_mb, plan.stages, strict=True))
+
+
+def test_the_bound_leaves_out_what_a_links_burst_gets_across_at_once() -> None:
+    """On the emulator's link a request may get its first ~2 ms of bytes across at once (the
+    token bucket's burst), so the bound counts bytes beyond a burst per request only."""
+    from funcpipe.planning.platforms import local_platform
+
+    link = link_of(local_platform())
+    assert link.up_burst > 0 and link.down_burst > 0
+    assert link.up(link.up_burst / 2) == pytest.approx(link.latency_s)
+    assert link.down(link.down_burst + link.down_bps) == pytest.approx(link.latency_s + 1.0)
+    # an all-reduce's requests each get a burst: no more than the bytes beyond them
+    up, down = link.sync_lanes(8e6, 2)
+    assert 0 < up < 8e6 / link.up_bps and 0 < down < 8e6 / link.down_bps

@@ -8,11 +8,11 @@ a download completes after its upload). The parts are modelled after the runtime
 
 * **link** (:class:`~funcpipe.storage.throttle.ThrottledStorage`): per function, one byte stream
   per direction at the platform's rate (through a token bucket where the platform's link has a
-  burst, as the emulator's does), shared first come first served by every request of that
-  function; an upload becomes visible once its bytes are across and returns one request latency
-  later; a download is noticed at the next poll of ``Storage.wait`` (a poll that misses pays the
-  latency too, then the wait pauses 0.5 ms doubling to ``POLL_MAX_S``), then pays the latency,
-  then its bytes.
+  burst, as the emulator's does), shared equally by the requests of that function in flight
+  (the emulator's bucket serves their slices in turn); an upload becomes visible once its
+  bytes are across and returns one request latency later; a download is noticed at the next
+  poll of ``Storage.wait`` (a poll that misses pays the latency too, then the wait pauses
+  0.5 ms doubling to ``POLL_MAX_S``), then pays the latency, then its bytes.
 * **compute**: forward/backward/optimizer step times from the :class:`Profile` at the CPU share of
   the stage's memory. On a platform whose functions share one host (``host_cores``, the local
   emulator) busy functions split the cores max-min fairly, each capped at its share: a function

@@ -658,7 +658,7 @@ class _Sim:
         actions = self.schedule[w]
         deps = {a: local_deps(a, actions) for a in actions}
         cpus = self.cpus[w.stage]
-        threads = float(threads_for(cpus, getattr(self.platform, "max_threads", None)))
+        threads = self.demand[w.stage]
         # Under a quota per period the threads run at full speed while quota lasts.
         demand = threads if self.quota_period else min(cpus, threads)
         for step in range(self.steps):
@@ -720,12 +720,11 @@ class _Sim:
         With one (CFS bandwidth control), the function's threads run at full speed while its
         quota lasts and at the share's rate once it is spent; the quota is a bucket refilled at
         the share's rate, deep enough for one period's quota (share x period CPU-seconds) at
-        full speed (see ``_Function.quota_cap``). A function
-        that mostly waits for transfers therefore computes at full speed. (The kernel's quota
-        is per period, so a function is really throttled until the period ends; a run's steps
-        do not keep in phase with its periods, and the bucket is that behaviour on average:
-        modelled per period, a plan's predicted time jumped by a period when its compute grew
-        by a few percent.)
+        full speed (see ``_Function.quota_cap``). A function that mostly waits for transfers
+        therefore computes at full speed. (The kernel's quota is per period, so a function is
+        really throttled until the period ends; a run's steps do not keep in phase with its
+        periods, and the bucket is that behaviour on average: modelled per period, a plan's
+        predicted time jumped by a period when its compute grew by a few percent.)
         """
         share = self.cpus[a.stage]
         if not self.quota_period or demand <= share:

@@ -307,7 +307,8 @@ class _Function:
             Lane.DOWNLOAD: _Pool(self, "download", 1),
         }
         self.counts = _Counts()
-        self.quota_left: float | None = None  # CPU quota: CPU-seconds in the bucket (None: full)
+        # CPU quota (where the platform has one): CPU-seconds in the bucket, full at the start
+        self.quota_left = self.quota_cap() if sim.quota_period else 0.0
         self.quota_at = 0.0  # when quota_left was last brought up to date
         self.busy: list[tuple[float, float]] = []  # intervals with bytes or latency in flight
 
@@ -322,8 +323,6 @@ class _Function:
         """Bring the CPU quota up to now (it refills at the share's rate); the CPU-s left.
         ``capped=False`` right after a compute chunk: what it spent is taken off before the
         bucket's depth applies."""
-        if self.quota_left is None:
-            self.quota_left = self.quota_cap()
         share = self.sim.cpus[self.worker.stage]
         self.quota_left += share * (self.kernel.now - self.quota_at)
         if capped:
@@ -334,15 +333,13 @@ class _Function:
     def spend_quota(self, cpu_s: float) -> None:
         """Take ``cpu_s`` a compute chunk spent off the quota (refilled over the chunk)."""
         self.refill_quota(capped=False)
-        self.quota_left = min((self.quota_left or 0.0) - cpu_s, self.quota_cap())
+        self.quota_left = min(self.quota_left - cpu_s, self.quota_cap())
 
     def charge_quota(self, cpu_s: float) -> None:
         """Spend ``cpu_s`` of the CPU quota on a transfer thread: the quota (CFS bandwidth
         control) throttles the function's cgroup as a whole, so its transfer threads leave that
         much less for its compute."""
         if self.sim.quota_period:
-            if self.quota_left is None:
-                self.quota_left = self.quota_cap()
             self.quota_left -= cpu_s
 
     def cpu_then(self, nbytes: float, then: Callable[[], None]) -> None:
@@ -592,13 +589,13 @@ class _Sim:
         self.bounds: dict[tuple[WorkerId, int], tuple[float, float]] = {}
         self.compute: dict[tuple[WorkerId, int], float] = {}
         self.sync: dict[tuple[WorkerId, int], float] = {}
-        self.functions = {
-            w: _Function(self, w, platform.link) for w in self.schedule if w != CLIENT
-        }
         self.cpus = [platform.cpus(s.memory_mb) for s in plan.stages]
         cap = getattr(platform, "max_threads", None)
         self.demand = [float(threads_for(c, cap)) for c in self.cpus]  # threads per function
         self.quota_period = getattr(platform, "cpu_quota_period_s", None)
+        self.functions = {
+            w: _Function(self, w, platform.link) for w in self.schedule if w != CLIENT
+        }
         self._work: dict[tuple[Any, ...], float] = {}
 
     def profile_transfer_s(self, nbytes: float) -> float:

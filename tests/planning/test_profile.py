@@ -130,9 +130,11 @@ def test_layers_are_timed_in_rounds_for_at_least_min_seconds(monkeypatch) -> Non
     )
     profile(model, torch.randn(2, 4), micro_batch_sizes=[2], threads=[1], repeats=3, warmup=1,
             runtime_base_mb=1.0)  # fmt: skip
-    timed = calls[: 2 * 3 * 4]  # forward + forward-for-backward, 3 layers, 4 rounds
-    assert timed == [0, 0, 1, 1, 2, 2] * 4
-    assert seen[:6] == [3] * 6  # 3 kept rounds per layer, forward and backward
+    assert calls[:3] == [0, 1, 2]  # the memory pass
+    held = prof_mod.IN_FLIGHT
+    timed = calls[3 : 3 + 3 * held * 4]  # 3 layers, IN_FLIGHT micro-batches, 4 rounds
+    assert timed == [0, 1, 2] * held * 4  # whole passes, layer after layer
+    assert seen[:6] == [3 * held] * 6  # 3 kept rounds of each micro-batch, forward and backward
 
     seen.clear()
     started = time.perf_counter()
@@ -149,7 +151,51 @@ def test_layers_are_timed_in_rounds_for_at_least_min_seconds(monkeypatch) -> Non
     calls.clear()
     profile(model, torch.randn(2, 4), micro_batch_sizes=[1, 2], threads=[1], repeats=2,
             warmup=0, runtime_base_mb=1.0)  # fmt: skip
-    assert sizes[: 2 * 2 * 2] == [1, 1, 2, 2] * 2  # round 1: size 1 then 2; round 2: again
+    timed = sizes[2 : 2 + 2 * 2 * held]  # after the memory pass (one of each size)
+    assert timed == ([1] * held + [2] * held) * 2  # round 1: size 1 then 2; round 2: again
+
+
+class _Spin(torch.autograd.Function):
+    """Identity that burns a set amount of CPU time in its forward and its backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fwd_s: float, bwd_s: float) -> torch.Tensor:
+        ctx.bwd_s = bwd_s
+        _burn(fwd_s)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        _burn(ctx.bwd_s)
+        return grad.clone(), None, None
+
+
+def _burn(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+class _Costly(nn.Module):
+    def __init__(self, fwd_s: float, bwd_s: float) -> None:
+        super().__init__()
+        self.fwd_s, self.bwd_s = fwd_s, bwd_s
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Spin.apply(self.lin(x), self.fwd_s, self.bwd_s)
+
+
+def test_each_layer_gets_its_own_time_within_a_whole_pass() -> None:
+    """Layers are timed inside whole passes; hooks split the backward at layer boundaries, so each
+    layer is charged what it spent, not its neighbour's share (an off-by-one swaps these)."""
+    costs = [(0.004, 0.012), (0.010, 0.002), (0.001, 0.020)]
+    model = nn.Sequential(*(_Costly(f, b) for f, b in costs))
+    p = profile(model, torch.randn(2, 4), micro_batch_sizes=[2], threads=[1], repeats=2,
+                warmup=1, runtime_base_mb=1.0)  # fmt: skip
+    for i, (f, b) in enumerate(costs):
+        assert p.forward_s(i, 2, 1.0) == pytest.approx(f, abs=0.0015), i
+        assert p.backward_s(i, 2, 1.0) == pytest.approx(b, abs=0.0015), i
 
 
 def test_bad_inputs() -> None:

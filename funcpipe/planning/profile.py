@@ -544,7 +544,8 @@ def profile(
     or more (time at other shares is fitted from them). ``loss_fn`` (needs targets) is timed as
     part of the last layer's backward. ``optimizer`` (default Adam) sizes the optimizer state and
     times its step. The model itself is not modified (a copy is measured).
-    Layers are timed in rounds, each through the whole model at every micro-batch size and
+    Layers are timed inside whole training passes, several micro-batches in flight as in a
+    GPipe stage, in rounds, each through the whole model at every micro-batch size and
     thread count: at least ``repeats`` rounds and at least ``min_seconds`` per size and thread
     count of them (all interleaved): on a host whose speed drifts, a longer profile samples the
     speed a run will see, not one moment of it, and every size and count sample the same.

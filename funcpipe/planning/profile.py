@@ -390,9 +390,9 @@ def _time_in_rounds(
     backwards in reverse order, each one whole pass through the model (no layer is cut from the
     graph). A layer's forward is timed around its call; its backward is the time between the
     gradient of its output being ready and the gradient of its input being ready (hooks on the
-    layer outputs mark these moments). Layers timed one by one, each forward and backward back to
-    back, find their activations in the cache and keep more of them alive than a pass does: the
-    demo CNN's layers summed to 1.1-1.2 times its pass.
+    layer outputs mark these moments). Timed one by one instead, each layer alone with its
+    output's gradient allocated on its clock, the demo CNN's layers summed to 1.1-1.2 times its
+    pass.
 
     Rounds, not all repeats of one layer (or one micro-batch size) back to back: a shared host's
     speed drifts over seconds, and the model sums the layers' times and compares sizes and
@@ -411,9 +411,9 @@ def _time_in_rounds(
         ):
             torch.set_num_threads(threads)
             clock = _clock(threads)
-            passes = []
+            passes: list[tuple[Any, list[float | None]]] = []
             for _ in range(micro):
-                x, ready = inputs, [0.0] * n
+                x, ready = inputs, [None] * n
                 for i, layer in enumerate(model):
                     t0 = clock()
                     x = layer(x)
@@ -438,7 +438,7 @@ def _time_in_rounds(
                 end = clock()
                 # ready[i]: when the gradient of layer i's output was complete (a layer whose
                 # output needs none has no backward, nor has any layer before it)
-                marks = [m or end for m in ready]
+                marks = [end if m is None else m for m in ready]
                 bounds = [start, *reversed(marks[:-1]), end]  # layer n-1 first
                 if r >= warmup:
                     for i in range(n):
@@ -448,7 +448,7 @@ def _time_in_rounds(
     return times
 
 
-def _marker(ready: list[float], i: int, clock: Callable[[], float]) -> Callable[[Any], None]:
+def _marker(ready: list[float | None], i: int, clock: Callable[[], float]) -> Callable[[Any], None]:
     """A tensor hook noting when the gradient of layer ``i``'s output is ready (the last of
     them, for a layer with several outputs)."""
 

@@ -425,24 +425,26 @@ def _time_in_rounds(
                             v.register_hook(_marker(ready, i, clock))
                 passes.append((x, ready))
             for out, ready in reversed(passes):
+                if loss_fn is None:  # no loss: the backward starts from a gradient of ones
+                    outs, ones = _grad_like(out)
                 start = clock()
                 if loss_fn is not None:
                     loss = loss_fn(out, targets)
                     if loss.requires_grad:
                         loss.backward()
-                else:
-                    outs, ones = _grad_like(out)
-                    start = clock()
-                    if outs:
-                        torch.autograd.backward(outs, ones)
+                elif outs:
+                    torch.autograd.backward(outs, ones)
                 end = clock()
                 # ready[i]: when the gradient of layer i's output was complete (a layer whose
-                # output needs none has no backward, nor has any layer before it)
+                # output needs none has no backward, nor has any layer before it). Layer i's
+                # backward begins then (the last layer's at the start) and ends when layer
+                # i-1's output gradient is complete (the first layer's at the end).
                 marks = [end if m is None else m for m in ready]
-                bounds = [start, *reversed(marks[:-1]), end]  # layer n-1 first
+                began = [*marks[:-1], start]
+                finished = [end, *marks[:-1]]
                 if r >= warmup:
                     for i in range(n):
-                        b_times[i].append(max(0.0, bounds[n - i] - bounds[n - 1 - i]))
+                        b_times[i].append(max(0.0, finished[i] - began[i]))
         r += 1
     model.zero_grad(set_to_none=True)
     return times

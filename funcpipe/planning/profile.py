@@ -402,7 +402,7 @@ def _time_in_rounds(
 
     A round's time for a layer is its mean over the round's micro-batches; the median is taken
     across rounds. The first micro-batches of a step run slower than the rest (in a bert-like
-    model's training function: the first forward +25 %, the first backward +20 %), and a median
+    model's training function: the first forward +28 %, the first backward +22 %), and a median
     over every micro-batch would drop them; a step pays for all of them.
     """
     n = len(model)

@@ -322,6 +322,13 @@ def _detached(value: Any, grad: bool) -> Any:
     return items if isinstance(value, tuple) else items[0]
 
 
+def _copied(value: Any) -> Any:
+    """``value`` with every Tensor cloned (a clone of a leaf is not one)."""
+    if isinstance(value, tuple | list):
+        return type(value)(_copied(v) for v in value)
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
 def _grad_like(out: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     outs = [t for t in _tensors(out) if isinstance(t, torch.Tensor) and t.requires_grad]
     return outs, [torch.ones_like(t) for t in outs]
@@ -615,8 +622,11 @@ def profile(
             x = x_mb
             for i, layer in enumerate(model):
                 counter = _SavedCounter(list(layer.parameters()))
+                # A copy of the input, as the runtime feeds a stage that writes into its input
+                # (nn.ReLU(inplace=True)); autograd refuses in-place writes to a leaf.
+                fed = x if i == 0 else _copied(_detached(x, grad=True))
                 with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
-                    out = layer(_detached(x, grad=i > 0))
+                    out = layer(fed)
                 out_bytes[i][mb] = _nbytes(out)
                 saved[i][mb] = counter.total
                 # temporaries: the output's gradient and the input's gradient coexist with the

@@ -65,6 +65,12 @@ class StageRunner:
         # function of the job skips the same update (see step()).
         self.nonfinite: set[int] = set()
         self._peers_nonfinite = False
+        # Whether the layers write into their input (a first layer such as nn.ReLU(inplace=True),
+        # legal in the whole model, where the layer before made a fresh tensor): autograd
+        # refuses in-place writes to the leaf a received input is, so such a stage is fed a
+        # copy, which the in-place layer then makes its output (as much memory as the whole
+        # model holds). None until the first micro-batch, fed a copy, shows it.
+        self._writes_input: bool | None = None if not is_first else False
 
     def forward(self, mb: int, inputs: Value) -> Value:
         items = tuple(
@@ -72,7 +78,23 @@ class StageRunner:
             for t in (x.detach() for x in as_tuple(inputs))
         )
         self._inputs[mb] = items
-        out = self.layers(items if isinstance(inputs, tuple) else items[0])
+        fed = items
+        if self._writes_input is not False:
+            fed = tuple(t.clone() if t.requires_grad else t for t in items)
+        try:
+            out = self.layers(fed if isinstance(inputs, tuple) else fed[0])
+        except RuntimeError as exc:
+            if "leaf Variable that requires grad" not in str(exc):
+                raise
+            raise ConfigError(
+                f"stage {self.stage} wrote into its input in place on this micro-batch but not "
+                f"on its first ({exc}); make the in-place operation out of place, or start the "
+                "stage one layer later"
+            ) from exc
+        if self._writes_input is None:
+            self._writes_input = any(
+                f is not t and f._version > 0 for f, t in zip(fed, items, strict=True)
+            )
         if not self.is_last:  # only values that cross a cut must be tensors; loss_fn takes any
             _check_value(out, f"stage {self.stage}")
         self._outputs[mb] = out

@@ -106,6 +106,29 @@ def test_tuple_outputs_and_token_inputs() -> None:
     assert p.target_bytes(2) == 0
 
 
+def test_in_place_layers_are_measured_like_their_out_of_place_twins() -> None:
+    """nn.ReLU(inplace=True) after a cut writes into a stage's input; the runtime feeds such a
+    stage a copy, and the profiler measures the layer the same way."""
+
+    def model(inplace: bool) -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Linear(6, 8), nn.ReLU(inplace=inplace), nn.Linear(8, 8),
+            nn.LeakyReLU(0.1, inplace=inplace), nn.Linear(8, 3),
+        )  # fmt: skip
+
+    sample = torch.randn(4, 6)
+    kwargs = dict(repeats=1, runtime_base_mb=1.0, micro_batch_sizes=[2, 4], threads=[1])
+    in_place = profile(model(True), sample, **kwargs)
+    out_of_place = profile(model(False), sample, **kwargs)
+    for i in range(5):
+        for mb in (2, 4):
+            assert in_place.activation_bytes(i, mb) == out_of_place.activation_bytes(i, mb)
+            assert in_place.saved_bytes(i, mb) == out_of_place.saved_bytes(i, mb)
+            assert in_place.temp_bytes(i, mb) == out_of_place.temp_bytes(i, mb)
+    assert in_place.saved_bytes(1, 4) == 4 * 8 * 4  # the ReLU keeps its output
+
+
 def test_layers_are_timed_in_rounds_for_at_least_min_seconds(monkeypatch) -> None:
     """Every round goes through the whole model (a slow spell hits one round of every layer,
     not every repeat of a few layers), and rounds go on until ``min_seconds`` have passed."""

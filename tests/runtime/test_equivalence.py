@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from funcpipe import LinkConfig, Plan, Stage, train
+from funcpipe.models import to_sequential
 from funcpipe.platforms import LocalPlatform
 
 FAST_LINK = LinkConfig(up_mb_s=500.0, down_mb_s=500.0, latency_s=0.0)
@@ -189,3 +190,38 @@ def test_last_stage_may_return_anything_its_loss_accepts() -> None:
 
     plan = Plan(stages=[Stage(start=0, end=2), Stage(start=2, end=3)], micro_batches=2)
     assert_trains_like_pytorch(model, batches, plan, loss_fn=loss_fn)
+
+
+class Block(nn.Module):
+    """A torchvision-style block: its ReLU is one in-place module used twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 8)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.relu(self.fc2(self.relu(self.fc1(x)))))
+
+
+@pytest.mark.parametrize("built", ["sequential", "traced"])
+def test_a_stage_may_begin_with_an_in_place_layer(built: str) -> None:
+    """nn.ReLU(inplace=True) is legal in a whole model (the layer before made a fresh tensor)
+    but writes into the leaf a stage receives when a cut falls before it."""
+    torch.manual_seed(0)
+    if built == "sequential":
+        model = nn.Sequential(
+            nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 8),
+            nn.LeakyReLU(0.1, inplace=True), nn.Linear(8, 3),
+        )  # fmt: skip
+    else:
+        model = to_sequential(Block(), torch.randn(2, 6))  # cut before every module call
+    assert len(model) == 5
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g))] * 3
+    plan = Plan(
+        stages=[Stage(start=0, end=1), Stage(start=1, end=3, replicas=2), Stage(start=3, end=5)],
+        micro_batches=4,
+    )
+    assert_trains_like_pytorch(model, batches, plan, optimizer=OPTIMIZERS["adam"])

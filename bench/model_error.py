@@ -9,10 +9,12 @@ steps and at least ``--seconds`` of predicted steady state (short iterations get
 one hiccup of the shared host does not decide a plan's figure).
 
 A shared host's speed drifts in spells of seconds to minutes (the same loop 13 ms a step for a
-while, then 20 ms), so one profile and one run a minute apart may sample different spells. Each
-plan is therefore profiled and run ``--rounds`` times, the rounds going through every plan before
-the next starts (so a plan's rounds are minutes apart), and a plan's figure compares the median
-of its predictions with the median of its measurements. The headline is the relative error
+while, then 20 ms), so one profile and one run a minute apart may sample different spells. A
+round therefore profiles the model right before the run and again right after it, and predicts
+from each (the round's prediction is their mean: both sides of the spell the run saw). Each
+plan is profiled and run ``--rounds`` times, the rounds going through every plan before the next
+starts (so a plan's rounds are minutes apart), and a plan's figure compares the median of its
+predictions with the median of its measurements. The headline is the relative error
 |predicted - measured| / measured: its median and worst case over the plans; every round's own
 error is kept in the rows (and summarised as ``single_round_*``).
 
@@ -45,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from funcpipe import LinkConfig, Plan, Stage, predict, profile, train
+from funcpipe import LinkConfig, Plan, Profile, Stage, predict, profile, train
 from funcpipe.client.demo import make_job
 from funcpipe.planning.platforms import local_platform
 
@@ -167,8 +169,8 @@ def measure_once(
     repeats: int,
     profile_seconds: float,
 ) -> dict:
-    """Profile the model, then train the plan: one prediction and one measurement, a minute
-    apart at most."""
+    """Profile the model, train the plan, profile again: one prediction (from the profiles on
+    either side of the run) and one measurement."""
     job = make_job(case.model, batch_size=case.batch_size, data_dir=None, seed=0)
     batches = list(itertools.islice(job.batches, min_steps))
 
@@ -176,11 +178,15 @@ def measure_once(
         return torch.optim.Adam(params, lr=1e-3)
 
     sizes = micro_sizes(case.batch_size, case.plan.micro_batches)
+
+    def profiled() -> Profile:
+        return profile(
+            job.model, batches[0], micro_batch_sizes=sorted({*sizes, max(sizes) * 2}),
+            loss_fn=job.loss_fn, optimizer=adam, repeats=repeats, min_seconds=profile_seconds,
+        )  # fmt: skip
+
     t0 = time.perf_counter()
-    prof = profile(
-        job.model, batches[0], micro_batch_sizes=sorted({*sizes, max(sizes) * 2}),
-        loss_fn=job.loss_fn, optimizer=adam, repeats=repeats, min_seconds=profile_seconds,
-    )  # fmt: skip
+    prof = profiled()
     profile_s = time.perf_counter() - t0
     quiet = predict(case.plan, prof, local_platform(case.link), batch_size=case.batch_size)
     # Short iterations get more steps, so that every plan is measured over similar wall time.
@@ -192,14 +198,19 @@ def measure_once(
         link=case.link, progress=False,
     )  # fmt: skip
     available = (before + job_cores()) / 2
+    after = profiled()
     ends = [max(r["end"] for r in step) for step in result.reports]
     platform = local_platform(case.link, host_cores=available)
-    pred = predict(case.plan, prof, platform, batch_size=case.batch_size)
+    # One profile right before the run and one right after: the host's speed drifts in spells,
+    # and the two together sample the spell the run saw from both sides.
+    preds = [predict(case.plan, p, platform, batch_size=case.batch_size) for p in (prof, after)]
+    pred = preds[0]
     # Steady state: the median period between consecutive step ends after step 1 (step 0 holds
     # the cold start), robust to a hiccup of the shared host in one step.
     measured = statistics.median(b - a for a, b in itertools.pairwise(ends[1:]))
     return {
-        "predicted_s": pred.time_s,
+        "predicted_s": statistics.mean(p.time_s for p in preds),
+        "predicted_before_after_s": [p.time_s for p in preds],
         "measured_s": measured,
         "predicted_quiet_host_s": quiet.time_s,
         "cpu_shares": [round(c, 2) for c in pred.cpus],
@@ -236,6 +247,9 @@ def summarize(case: Case, rounds: list[dict]) -> dict:
         "error": round(abs(predicted - measured) / measured, 4),
         "signed_error": round((predicted - measured) / measured, 4),
         "round_predicted_s": [round(r["predicted_s"], 4) for r in rounds],
+        "round_predicted_before_after_s": [
+            [round(t, 4) for t in r["predicted_before_after_s"]] for r in rounds
+        ],
         "round_measured_s": [round(r["measured_s"], 4) for r in rounds],
         "round_errors": [round(e, 4) for e in per_round],
         "job_cores": [round(r["job_cores"], 2) for r in rounds],

@@ -3,8 +3,10 @@
 A function holds its stage's parameters, their gradients and the optimizer state for the whole
 step; under the GPipe schedule it also keeps what every one of its micro-batches saved for the
 backward pass until that backward runs, so the working set grows with the micro-batches it owns.
-Replicas > 1 add one flat gradient buffer for the all-reduce. On top sits the runtime's own base
-(interpreter + torch), measured per platform.
+Replicas > 1 add one flat gradient buffer for the all-reduce. A stage after the first keeps one
+copy of its first micro-batch's input through the first step (fed to learn whether its layers
+write into their input: runtime/stage.py). On top sits the runtime's own base (interpreter +
+torch), measured per platform.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ def stage_memory_mb(
 
     parameters + gradients + optimizer state (+ one flat gradient buffer when replicas > 1)
     + ``held`` x the activations saved for backward + the largest layer's temporaries
-    + the runtime base. A profile without saved/temporary bytes counts ``held`` x its
-    working bytes instead.
+    (+ one micro-batch's input after the first stage) + the runtime base. A profile without
+    saved/temporary bytes counts ``held`` x its working bytes instead.
     """
     layers = range(start, end)
     params = sum(profile.param_bytes(i) for i in layers)
@@ -58,7 +60,9 @@ def stage_memory_mb(
         work = held * saved + temp
     else:
         work = held * sum(profile.working_bytes(i, micro_batch) for i in layers)
-    return base_mb + (params + grads + state + sync + work) / MB
+    activation = getattr(profile, "activation_bytes", None)
+    probe = activation(start - 1, micro_batch) if start > 0 and activation is not None else 0.0
+    return base_mb + (params + grads + state + sync + work + probe) / MB
 
 
 def _grad_bytes(profile: LayerSizes, layer: int) -> float:

@@ -624,7 +624,7 @@ def profile(
                 counter = _SavedCounter(list(layer.parameters()))
                 # A copy of the input, as the runtime feeds a stage that writes into its input
                 # (nn.ReLU(inplace=True)); autograd refuses in-place writes to a leaf.
-                fed = x if i == 0 else _copied(_detached(x, grad=True))
+                fed = _detached(x, grad=False) if i == 0 else _copied(_detached(x, grad=True))
                 with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
                     out = layer(fed)
                 out_bytes[i][mb] = _nbytes(out)

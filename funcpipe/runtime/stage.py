@@ -69,7 +69,8 @@ class StageRunner:
         # legal in the whole model, where the layer before made a fresh tensor): autograd
         # refuses in-place writes to the leaf a received input is, so such a stage is fed a
         # copy, which the in-place layer then makes its output (as much memory as the whole
-        # model holds). None until the first micro-batch, fed a copy, shows it.
+        # model holds). None until the first micro-batch, fed a copy, shows it; that copy is
+        # kept until its backward (the memory model counts it: planning/memory.py).
         self._writes_input: bool | None = None if not is_first else False
 
     def forward(self, mb: int, inputs: Value) -> Value:
@@ -84,6 +85,10 @@ class StageRunner:
         try:
             out = self.layers(fed if isinstance(inputs, tuple) else fed[0])
         except RuntimeError as exc:
+            # Only where the input itself was fed: a stage fed copies, or stage 0 (whose input
+            # needs no gradient), hit a parameter or some other leaf, which torch's error names.
+            if self._writes_input is not False or self.is_first:
+                raise
             if "leaf Variable that requires grad" not in str(exc):
                 raise
             raise ConfigError(

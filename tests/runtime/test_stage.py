@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
+from funcpipe.errors import ConfigError
 from funcpipe.runtime.stage import StageRunner
 
 
@@ -17,7 +19,7 @@ def _runner(layers: nn.Module) -> StageRunner:
 
 def test_only_a_stage_that_writes_into_its_input_is_fed_copies() -> None:
     """The first micro-batch shows whether the layers write in place; a stage that does not
-    gets its received tensors themselves from then on (no copy, no extra memory)."""
+    gets its received tensors themselves from then on (no more copies)."""
     plain = _runner(nn.Sequential(nn.Identity()))
     first, second = torch.randn(3, 4), torch.randn(3, 4)
     assert plain.forward(0, first).data_ptr() != first.data_ptr()
@@ -36,3 +38,42 @@ def test_only_a_stage_that_writes_into_its_input_is_fed_copies() -> None:
             torch.ones(3, 2)
         )
         torch.testing.assert_close(grad, reference.grad)
+
+
+class WritesOnItsSecondCall(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x.mul_(2) if self.calls == 2 else x * 2
+
+
+def test_a_stage_that_writes_into_its_input_only_later_gets_a_clear_error() -> None:
+    runner = _runner(nn.Sequential(WritesOnItsSecondCall(), nn.Linear(4, 2)))
+    runner.forward(0, torch.randn(3, 4))
+    with pytest.raises(ConfigError, match="stage 1 wrote into its input in place"):
+        runner.forward(1, torch.randn(3, 4))
+
+
+class TokensAndStates(nn.Module):
+    """Takes (token ids, hidden states) and writes into the states."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+
+    def forward(self, xs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        ids, states = xs
+        return states.add_(self.embed(ids))
+
+
+def test_only_float_inputs_are_copied() -> None:
+    runner = _runner(nn.Sequential(TokensAndStates(), nn.Linear(4, 2)))
+    ids, states = torch.randint(0, 10, (3,)), torch.randn(3, 4)
+    for mb in range(2):
+        runner.forward(mb, (ids, states.clone()))
+        (ids_grad, states_grad) = runner.backward(mb, grads=(torch.ones(3, 2),))
+        assert ids_grad is None
+        torch.testing.assert_close(states_grad, runner.layers[1].weight.sum(0).expand(3, 4))

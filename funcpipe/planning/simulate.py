@@ -724,7 +724,7 @@ class _Sim:
         predicted time jumped by a period when its compute grew by a few percent.)
         """
         share = self.cpus[a.stage]
-        if not self.quota_period or demand <= share:
+        if not self.quota_period or demand < share:
             solo = self.work(a)
             one = self.work(a, 1.0) if solo > 0 else 0.0
             yield self.cpu.run(solo, min(demand, share), one / solo if solo > 0 else 1.0)

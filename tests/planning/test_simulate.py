@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -244,6 +245,29 @@ def test_a_quota_per_period_lets_a_short_burst_run_at_full_speed() -> None:
     ]
     steps = [b / a - 1 for a, b in itertools.pairwise(times)]
     assert all(0 <= d < 0.02 for d in steps), steps
+
+
+@pytest.mark.parametrize(("memory_mb", "threads"), [(1769, 1), (5307, 3)])
+def test_a_function_at_its_quota_pays_for_its_transfers_out_of_its_compute(
+    memory_mb: int, threads: int
+) -> None:
+    """A function whose threads use all of its quota (one core with one thread; exactly three
+    cores with three) pays for the CPU its lane threads spend reading and decoding while it
+    computes: CFS throttles the whole group. What they spend while it waits costs nothing."""
+    prof = dataclasses.replace(
+        hand_profile(layer("l0", 0.2, 0.3, 1000)), transfer_s_per_request=0.02
+    )
+    plan = Plan(stages=[Stage(start=0, end=1, memory_mb=memory_mb)], micro_batches=1)
+    free = predict(plan, prof, SLOW.replace(max_threads=threads), batch_size=MB)
+    quota = SLOW.replace(cpu_quota_period_s=0.1, max_threads=threads)
+    paid = predict(plan, prof, quota, batch_size=MB)
+    assert paid.cpus == [pytest.approx(threads)]
+    assert free.breakdown["stage0-replica0"].compute_s == pytest.approx(0.5)
+    # The input is read before the forward (free). The target's read and decode (half of a
+    # 0.02 s request; the other half is the writer's) runs during the forward, on the quota
+    # that all the function's threads share.
+    assert paid.breakdown["stage0-replica0"].compute_s == pytest.approx(0.5 + 0.01 / threads)
+    assert paid.time_s == pytest.approx(free.time_s + 0.01 / threads)
 
 
 def test_other_programs_and_fewer_cores_slow_a_local_job() -> None:

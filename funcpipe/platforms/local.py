@@ -12,11 +12,7 @@ has run torch, a dead OpenMP pool that deadlocks the child's first parallel op).
   Fallback where cgroups are not writable: ``RLIMIT_AS`` (address-space growth past the loaded
   runtime) plus the same resident-set watch on growth.
 * a **CPU share** proportional to memory, like Lambda (about 1 vCPU per 1769 MB): a cgroup v1 CFS
-  quota on ceil(share) cores (the functions spread over the host's cores in turn), or, as
-  fallback, the cores alone. Pinned like a Lambda's vCPUs, a function's transfer threads share
-  its cores with its compute; free to run on any core, a one-core function's threads moved
-  between the host's cores and its compute took 20-35 % more CPU time than the same code pinned
-  (bert-large-small on the project's 2-core VM). torch gets floor(share) threads (at
+  quota, or, as fallback, CPU affinity to ceil(share) cores. torch gets floor(share) threads (at
   least one) so it does not oversubscribe, and never all the host's cores: the client and every
   function's transfer threads run beside it, and a torch op whose threads wait at a barrier for
   one that lost its core runs at the slowest thread's pace.
@@ -121,9 +117,8 @@ class LocalPlatform(Platform):
             writable), "rlimit" (address-space growth cap), or "none" (no cap; for debugging).
         cpu_per_gb: cores per GB of function memory; defaults to Lambda's ratio (1 core at
             1769 MB). The share is clamped to [0.1, host cores]. None = no CPU cap.
-        cpu_enforcement: "auto" (cgroup CFS quota when writable, else affinity), "cgroup"
-            (the quota on ceil(share) cores), "affinity" (ceil(share) cores) or "none" (only
-            torch's thread count is set).
+        cpu_enforcement: "auto" (cgroup CFS quota when writable, else affinity), "cgroup",
+            "affinity" (ceil(share) cores) or "none" (only torch's thread count is set).
         cgroup_root: where the cgroup v1 controllers are mounted.
         kill_with_parent: SIGKILL functions when the thread that started them exits (Linux
             PR_SET_PDEATHSIG), so a killed client leaves no processes behind. Turn it off if you
@@ -259,7 +254,7 @@ class LocalPlatform(Platform):
         return mem_cg, cpu_cg
 
     def _affinity_cores(self, share: float | None) -> list[int] | None:
-        if self.cpu_mode not in ("affinity", "cgroup") or share is None:
+        if self.cpu_mode != "affinity" or share is None:
             return None
         n = min(len(self._host_cores), math.ceil(share))
         start = self._next_core

@@ -327,28 +327,6 @@ def test_cpu_quota_follows_memory(tmp_path: Path, memory_mb: int, quota: int) ->
     assert got == {"quota": quota, "period": 100_000, "threads": 1}
 
 
-@needs_cgroups
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to spread over")
-def test_a_quota_runs_on_its_own_cores_and_functions_spread_over_the_host(tmp_path: Path) -> None:
-    """Like a Lambda's vCPUs: a function under a quota runs on ceil(share) cores, its transfer
-    threads included, and the next function starts on the next core."""
-    host = sorted(os.sched_getaffinity(0))
-
-    def cores_of(tag: str):
-        def fn() -> None:
-            (tmp_path / tag).write_text(json.dumps(sorted(os.sched_getaffinity(0))))
-
-        return fn
-
-    with LocalPlatform(cpu_enforcement="cgroup") as p:
-        for tag, memory_mb in (("a", 1024), ("b", 1769), ("c", 3538)):
-            assert _run(p, cores_of(tag), memory_mb=memory_mb).status is Status.SUCCEEDED
-    got = {tag: json.loads((tmp_path / tag).read_text()) for tag in "abc"}
-    assert got["a"] == [host[0]]  # 0.58 cores: one core, at 58 % of it
-    assert got["b"] == [host[1]]  # one core: the next one
-    assert got["c"] == sorted({host[2 % len(host)], host[3 % len(host)]})  # two cores
-
-
 def test_cpu_affinity_fallback(tmp_path: Path) -> None:
     out = tmp_path / "cpus"
 

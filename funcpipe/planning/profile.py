@@ -127,6 +127,10 @@ class Profile:
     transfer_s_per_request: float = 0.0
     transfer_s_per_byte: float = 0.0
     poll_s: float = 0.0  # CPU seconds of one poll for a key that is not there yet
+    # Seconds one transfer made by a lane thread adds to the compute it overlaps, beyond its own
+    # CPU: compute and lanes share the interpreter lock, which every kernel hands over while a
+    # lane wants it, so a model of many small kernels pays the most (see _lane_overhead).
+    lane_overhead_s: float = 0.0
 
     # --- the questions a planner asks -----------------------------------------------------
     @property
@@ -242,6 +246,7 @@ class Profile:
             transfer_s_per_request=self.transfer_s_per_request * compute,
             transfer_s_per_byte=self.transfer_s_per_byte * compute,
             poll_s=self.poll_s * compute,
+            lane_overhead_s=self.lane_overhead_s * compute,
             meta=meta,
         )
 
@@ -277,6 +282,7 @@ class Profile:
             transfer_s_per_request=float(data.get("transfer_s_per_request", 0.0)),
             transfer_s_per_byte=float(data.get("transfer_s_per_byte", 0.0)),
             poll_s=float(data.get("poll_s", 0.0)),
+            lane_overhead_s=float(data.get("lane_overhead_s", 0.0)),
             meta=dict(data.get("meta", {})),
         )
 
@@ -418,52 +424,65 @@ def _time_in_rounds(
     while r < warmup + repeats or time.perf_counter() - started < min_seconds:
         if r == warmup:
             started = time.perf_counter()
-        for (inputs, targets, threads, micro), (f_times, b_times) in zip(
-            configs, times, strict=True
-        ):
-            torch.set_num_threads(threads)
-            clock = _clock(threads)
-            passes: list[tuple[Any, list[float | None]]] = []
-            f_sum, b_sum = [0.0] * n, [0.0] * n
-            for _ in range(micro):
-                x, ready = inputs, [None] * n
-                for i, layer in enumerate(model):
-                    t0 = clock()
-                    x = layer(x)
-                    f_sum[i] += clock() - t0
-                    for v in _tensors(x):
-                        if isinstance(v, torch.Tensor) and v.requires_grad:
-                            v.register_hook(_marker(ready, i, clock))
-                passes.append((x, ready))
-            for out, ready in reversed(passes):
-                if loss_fn is None:  # no loss: the backward starts from a gradient of ones
-                    outs, ones = _grad_like(out)
-                start = clock()
-                if loss_fn is not None:
-                    loss = loss_fn(out, targets)
-                    if loss.requires_grad:
-                        loss.backward()
-                elif outs:
-                    torch.autograd.backward(outs, ones)
-                end = clock()
-                # ready[i]: when the gradient of layer i's output was complete (a layer whose
-                # output needs none has no backward, nor has any layer before it). Layer i's
-                # backward begins then (the last layer's at the start) and ends when layer
-                # i-1's output gradient is complete (the first layer's at the end).
-                marks = [end if m is None else m for m in ready]
-                began = [*marks[:-1], start]
-                finished = [end, *marks[:-1]]
-                for i in range(n):
-                    b_sum[i] += max(0.0, finished[i] - began[i])
-            # A step ends here: its gradients go, and the next pass's first backward makes them
-            # anew (the runtime's optimizer step zeroes them the same way).
-            model.zero_grad(set_to_none=True)
-            if r >= warmup:
-                for i in range(n):
-                    f_times[i].append(f_sum[i] / micro)
-                    b_times[i].append(b_sum[i] / micro)
+        for config, (f_times, b_times) in zip(configs, times, strict=True):
+            _time_round(model, config, loss_fn, f_times, b_times, keep=r >= warmup)
         r += 1
     return times
+
+
+def _time_round(
+    model: nn.Sequential,
+    config: Config,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None,
+    f_times: list[list[float]],
+    b_times: list[list[float]],
+    *,
+    keep: bool,
+) -> None:
+    """One round of one config (see :func:`_time_in_rounds`); appends its times when ``keep``."""
+    n = len(model)
+    inputs, targets, threads, micro = config
+    torch.set_num_threads(threads)
+    clock = _clock(threads)
+    passes: list[tuple[Any, list[float | None]]] = []
+    f_sum, b_sum = [0.0] * n, [0.0] * n
+    for _ in range(micro):
+        x, ready = inputs, [None] * n
+        for i, layer in enumerate(model):
+            t0 = clock()
+            x = layer(x)
+            f_sum[i] += clock() - t0
+            for v in _tensors(x):
+                if isinstance(v, torch.Tensor) and v.requires_grad:
+                    v.register_hook(_marker(ready, i, clock))
+        passes.append((x, ready))
+    for out, ready in reversed(passes):
+        if loss_fn is None:  # no loss: the backward starts from a gradient of ones
+            outs, ones = _grad_like(out)
+        start = clock()
+        if loss_fn is not None:
+            loss = loss_fn(out, targets)
+            if loss.requires_grad:
+                loss.backward()
+        elif outs:
+            torch.autograd.backward(outs, ones)
+        end = clock()
+        # ready[i]: when the gradient of layer i's output was complete (a layer whose
+        # output needs none has no backward, nor has any layer before it). Layer i's
+        # backward begins then (the last layer's at the start) and ends when layer
+        # i-1's output gradient is complete (the first layer's at the end).
+        marks = [end if m is None else m for m in ready]
+        began = [*marks[:-1], start]
+        finished = [end, *marks[:-1]]
+        for i in range(n):
+            b_sum[i] += max(0.0, finished[i] - began[i])
+    # A step ends here: its gradients go, and the next pass's first backward makes them
+    # anew (the runtime's optimizer step zeroes them the same way).
+    model.zero_grad(set_to_none=True)
+    if keep:
+        for i in range(n):
+            f_times[i].append(f_sum[i] / micro)
+            b_times[i].append(b_sum[i] / micro)
 
 
 def _marker(ready: list[float | None], i: int, clock: Callable[[], float]) -> Callable[[Any], None]:
@@ -533,6 +552,91 @@ def _transfer_cost(repeats: int) -> tuple[float, float, float]:
         base.close()
     per_byte = max(0.0, (costs[1] - costs[0]) / (sizes[1] - sizes[0]))
     return max(0.0, costs[0] - per_byte * sizes[0]), per_byte, poll
+
+
+def _lane_overhead(
+    model: nn.Sequential,
+    config: Config,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None,
+    window_s: float,
+    pairs: int = 3,
+) -> float:
+    """Wall seconds one transfer on a lane thread adds to a training pass it overlaps.
+
+    A function's lanes store, read, decode and delete tensors while its main thread computes.
+    Both need the interpreter lock, which torch hands over around every kernel: while a lane
+    wants it, each kernel launch of the compute thread becomes a hand-over. A pass of a few
+    large kernels hardly notices, one of many small kernels does (on this project's 2-core VM,
+    micro-batch 16: the demo CNN 0-0.6 ms per transfer, bert-large-small 0.9-1.9 ms, where a
+    transfer itself costs about 1 ms of CPU). Measured as such:
+    windows of passes alone and beside a thread transferring a micro-batch every 5 ms through
+    local storage, alternated ``pairs`` times; the median over pairs of the extra time per
+    pass, divided by the transfers made during one pass. Needs a second core for the lane
+    (on one, the pass would also pay the lane's CPU, which the transfer cost already counts):
+    0 on a single-core host.
+    """
+    if len(os.sched_getaffinity(0)) < 2:
+        return 0.0
+    previous_threads = torch.get_num_threads()
+    try:
+        return _extra_per_transfer(model, config, loss_fn, window_s, pairs)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _extra_per_transfer(
+    model: nn.Sequential,
+    config: Config,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None,
+    window_s: float,
+    pairs: int,
+) -> float:
+    import tempfile
+    import threading
+
+    from funcpipe.storage.local_dir import LocalDirStorage
+
+    inputs = config[0]
+
+    def window() -> float:
+        """Median wall seconds of a pass, over ``window_s`` (at least two passes)."""
+        times, end = [], time.perf_counter() + window_s
+        sink: tuple[list[list[float]], list[list[float]]] = ([[]], [[]])
+        while time.perf_counter() < end or len(times) < 2:
+            t0 = time.perf_counter()
+            _time_round(model, config, loss_fn, *sink, keep=False)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    with tempfile.TemporaryDirectory(prefix="funcpipe-profile-") as root:
+        store = LocalDirStorage(root)
+        payload = codec.encode(inputs)
+        extra = []
+        for _ in range(pairs):
+            alone = window()
+            stop, done = threading.Event(), [0]
+
+            def lane(stop: threading.Event = stop, done: list[int] = done) -> None:
+                while not stop.wait(0.005):
+                    store.put("lane", payload)
+                    codec.decode(store.get("lane"))
+                    store.delete("lane")
+                    done[0] += 1
+
+            thread = threading.Thread(target=lane, name="profile-lane", daemon=True)
+            t0 = time.perf_counter()
+            thread.start()
+            try:
+                beside = window()
+            finally:
+                stop.set()
+                thread.join()
+            elapsed = time.perf_counter() - t0
+            per_pass = done[0] * beside / elapsed if elapsed > 0 else 0.0
+            if per_pass > 0:
+                extra.append((beside - alone) / per_pass)
+        store.close()
+    return max(0.0, statistics.median(extra)) if extra else 0.0
 
 
 def _default_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -690,6 +794,10 @@ def profile(
     finally:
         torch.set_num_threads(previous_threads)
     per_request, per_byte, poll = _transfer_cost(repeats)
+    smallest = sizes[0]
+    lane_overhead = _lane_overhead(
+        model, (*batches[smallest], 1, held[smallest]), loss_fn, max(0.1, min_seconds / 3)
+    )
     return Profile(
         layers=layers,
         micro_batch_sizes=sizes,
@@ -700,6 +808,7 @@ def profile(
         transfer_s_per_request=per_request,
         transfer_s_per_byte=per_byte,
         poll_s=poll,
+        lane_overhead_s=lane_overhead,
         meta={
             "torch": torch.__version__,
             "host": _host.node(),

@@ -311,6 +311,10 @@ class _Function:
         self.quota_left = self.quota_cap() if sim.quota_period else 0.0
         self.quota_at = 0.0  # when quota_left was last brought up to date
         self.busy: list[tuple[float, float]] = []  # intervals with bytes or latency in flight
+        # Transfers made while this function computes slow that compute down (the profile's
+        # lane_overhead_s each): seconds owed, paid when the compute action ends.
+        self.computing = False
+        self.lane_debt = 0.0
 
     def quota_cap(self) -> float:
         """The bucket's depth: a function coming out of a wait gets at most one period's quota
@@ -345,13 +349,22 @@ class _Function:
     def cpu_then(self, nbytes: float, then: Callable[[], None]) -> None:
         """Spend one end's share of a transfer's CPU cost on this function's CPU, then ``then``."""
         work = self.sim.profile_transfer_s(nbytes) / 2
-        if work <= 0:
+        overlapped = self.computing
+
+        def ended() -> None:
+            # one end of a transfer that overlapped compute (when its CPU work began or ended):
+            # half the measured round trip's overhead
+            if overlapped or self.computing:
+                self.lane_debt += getattr(self.sim.profile, "lane_overhead_s", 0.0) / 2
             then()
+
+        if work <= 0:
+            ended()
             return
         share = min(1.0, self.sim.cpus[self.worker.stage])
         self.charge_quota(work)
         ev = self.sim.cpu.run(work / share, share, share)
-        ev.callbacks.append(lambda _t: then())
+        ev.callbacks.append(lambda _t: ended())
 
     def upload_task(
         self, key: Any, nbytes: float, span: str | None = None, step: int = 0
@@ -695,7 +708,10 @@ class _Sim:
                             yield from self.all_reduce(fn, step, a.stage)
                         sync += self.kernel.now - t0
                     else:
+                        fn.computing = True
                         yield from self.run_compute(fn, a, demand)
+                        fn.computing = False
+                        yield from self.pay_lane_debt(fn, a)
                         compute += self.kernel.now - t0
                     finished(a, self.kernel.event_at(self.kernel.now))
                     self.record(w, step, label, "compute", t0, self.kernel.now)
@@ -749,6 +765,23 @@ class _Sim:
             yield self.cpu.run(solo, share, t1 / solo if solo > 0 else 1.0)
             fn.spend_quota(solo * share)
             left = 0.0
+
+    def pay_lane_debt(self, fn: _Function, a: Action) -> Generator[Any, None, None]:
+        """The time the transfers made during compute action ``a`` added to it.
+
+        The main thread waits for the interpreter lock that the lanes hold and spends CPU on
+        handing it over. Under a CPU quota that CPU comes out of the quota, which the next
+        compute pays back (as for the lanes' own CPU); otherwise the action takes that much
+        longer at the function's share.
+        """
+        debt, fn.lane_debt = fn.lane_debt, 0.0
+        if debt <= 1e-12:
+            return
+        if self.quota_period:
+            fn.charge_quota(debt)
+            return
+        share = min(1.0, self.cpus[a.stage])
+        yield self.cpu.run(debt / share, share, share)
 
     def all_reduce(self, fn: _Function, step: int, s: int) -> Generator[Any, None, None]:
         """The runtime's all_reduce for replica ``fn.worker.replica`` of stage ``s``."""

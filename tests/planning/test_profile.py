@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 
 import pytest
@@ -54,6 +56,7 @@ def test_scaled_profile_is_slower_compute_with_the_same_bytes(cnn_profile: Profi
     assert slow.step_s(0, 1.0) == pytest.approx(1.5 * p.step_s(0, 1.0))
     assert slow.transfer_cpu_s(1e6) == pytest.approx(1.5 * p.transfer_cpu_s(1e6))
     assert slow.poll_s == pytest.approx(1.5 * p.poll_s)
+    assert slow.lane_overhead_s == pytest.approx(1.5 * p.lane_overhead_s)
     assert slow.activation_bytes(3, 4) == p.activation_bytes(3, 4)
     assert slow.working_bytes(2, 4) == p.working_bytes(2, 4)
     assert slow.scaled(2.0).meta["compute_scale"] == pytest.approx(3.0)
@@ -75,6 +78,11 @@ def test_json_round_trip(cnn_profile: Profile, tmp_path) -> None:
     back = Profile.load(path)
     assert back == cnn_profile
     assert back.forward_s(3, 3, 0.7) == cnn_profile.forward_s(3, 3, 0.7)
+    # a profile saved before lanes' overhead was measured loads with none
+    raw = json.loads(path.read_text())
+    del raw["lane_overhead_s"]
+    path.write_text(json.dumps(raw))
+    assert Profile.load(path).lane_overhead_s == 0.0
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(ConfigError, match="funcpipe.profile"):
         Profile.load(tmp_path / "bad.json")
@@ -262,3 +270,39 @@ def test_bad_inputs() -> None:
 
 def test_exported() -> None:
     assert funcpipe.profile is profile and funcpipe.Profile is Profile
+
+
+def test_lane_overhead_is_the_extra_pass_time_per_transfer_beside_it(monkeypatch) -> None:
+    """A pass that takes 1 ms longer for every transfer a lane thread makes during it is
+    measured at 1 ms per transfer; on a single core nothing is measured (the lane would run on
+    the pass's core, and its CPU is counted as the transfers' cost already)."""
+    import funcpipe.planning.profile as prof_mod
+    from funcpipe.storage.local_dir import LocalDirStorage
+
+    if len(prof_mod.os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    puts = [0]
+    real_put = LocalDirStorage.put
+
+    def counting_put(self, key, data):  # type: ignore[no-untyped-def]
+        puts[0] += 1
+        return real_put(self, key, data)
+
+    def fake_round(model, config, loss_fn, f_times, b_times, *, keep):  # type: ignore[no-untyped-def]
+        before = puts[0]
+        time.sleep(0.01)
+        end = time.perf_counter() + 0.001 * (puts[0] - before)  # made during the pass so far
+        while time.perf_counter() < end:
+            time.sleep(0.0002)
+
+    monkeypatch.setattr(LocalDirStorage, "put", counting_put)
+    monkeypatch.setattr(prof_mod, "_time_round", fake_round)
+    model = nn.Sequential(nn.Linear(4, 4))
+    config = (torch.randn(2, 4), None, 1, 1)
+    threads = torch.get_num_threads()
+    extra = prof_mod._lane_overhead(model, config, None, window_s=0.3, pairs=3)
+    assert 0.0005 < extra < 0.0016
+    assert torch.get_num_threads() == threads
+    assert not [t for t in threading.enumerate() if t.name == "profile-lane"]
+    monkeypatch.setattr(prof_mod.os, "sched_getaffinity", lambda _pid: {0})
+    assert prof_mod._lane_overhead(model, config, None, window_s=0.3) == 0.0

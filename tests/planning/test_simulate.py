@@ -270,6 +270,23 @@ def test_a_function_at_its_quota_pays_for_its_transfers_out_of_its_compute(
     assert paid.time_s == pytest.approx(free.time_s + 0.01 / threads)
 
 
+@pytest.mark.parametrize("period", [None, 0.1])
+def test_transfers_overlapping_compute_slow_it_by_the_lanes_overhead(period) -> None:
+    """Each end of a transfer whose CPU work overlaps a compute action adds half the profile's
+    lane_overhead_s to that compute (with or without a CPU quota); transfers made while the
+    function waits add nothing."""
+    prof = hand_profile(layer("l0", 0.2, 0.3, 1000))
+    plan = Plan(stages=[Stage(start=0, end=1, memory_mb=1769)], micro_batches=1)
+    platform = SLOW.replace(cpu_quota_period_s=period, max_threads=1)
+    free = predict(plan, prof, platform, batch_size=MB)
+    slowed = predict(plan, dataclasses.replace(prof, lane_overhead_s=0.02), platform, batch_size=MB)
+    # The input arrives before the forward (the function waits: free); the target arrives
+    # during it (0.13 s into the 0.11-0.31 s forward): 0.01 s more compute, once a step.
+    assert free.breakdown["stage0-replica0"].compute_s == pytest.approx(0.5)
+    assert slowed.breakdown["stage0-replica0"].compute_s == pytest.approx(0.51)
+    assert slowed.time_s == pytest.approx(free.time_s + 0.01)
+
+
 def test_other_programs_and_fewer_cores_slow_a_local_job() -> None:
     kernel = _Kernel()
     cpu = _Cpu(kernel, cores=2, background=2.0)  # two busy threads of other programs

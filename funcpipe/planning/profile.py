@@ -671,6 +671,9 @@ def profile(
     thread count: at least ``repeats`` rounds and at least ``min_seconds`` per size and thread
     count of them (all interleaved): on a host whose speed drifts, a longer profile samples the
     speed a run will see, not one moment of it, and every size and count sample the same.
+    Last, on a host with two cores or more, what a lane thread's transfers add to a pass at the
+    smallest size (``Profile.lane_overhead_s``, in windows of a third of ``min_seconds``, at
+    least 0.1 s; see ``_lane_overhead``).
     """
     if not isinstance(model, nn.Sequential) or len(model) == 0:
         raise ConfigError(

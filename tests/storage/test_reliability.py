@@ -115,7 +115,14 @@ def test_faults_come_from_the_url_or_the_environment(
     assert open_storage(str(tmp_path)).faults.rate == 0.5
 
 
-def test_faulty_local_store_still_keeps_its_contract(tmp_path: Path) -> None:
+def test_faulty_local_store_still_keeps_its_contract(tmp_path: Path, monkeypatch) -> None:
+    # The seed is mixed with the process id (so that functions sharing a seed do not fail in
+    # lockstep): fix the id, so that this test sees the same faults on every run. With a fresh
+    # id each run, one request in ~15,000 runs out of its 8 attempts (0.3 ** 8), about one run
+    # in a hundred of this test.
+    from funcpipe.storage import faults
+
+    monkeypatch.setattr(faults.os, "getpid", lambda: 4242)
     store = open_storage(f"{tmp_path}?faults=0.3&faults_seed=7")
     for i in range(40):
         store.put(f"k/{i}", bytes([i]) * 100)

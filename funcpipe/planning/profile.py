@@ -567,8 +567,8 @@ def _lane_overhead(
     Both need the interpreter lock, which torch hands over around every kernel: while a lane
     wants it, each kernel launch of the compute thread becomes a hand-over. A pass of a few
     large kernels hardly notices, one of many small kernels does (on this project's 2-core VM,
-    micro-batch 16: the demo CNN 0-0.6 ms per transfer, bert-large-small 0.9-1.9 ms, where a
-    transfer itself costs about 1 ms of CPU). Measured as such:
+    micro-batches 4-16: the demo CNN 0-0.8 ms per transfer, bert-large-small 0.6-1.9 ms, where
+    a transfer itself costs about 1 ms of CPU; docs/planner.md). Measured as such:
     windows of passes alone and beside a thread transferring a micro-batch every 5 ms through
     local storage, alternated ``pairs`` times; the median over pairs of the extra time per
     pass, divided by the transfers made during one pass. Needs a second core for the lane

@@ -279,8 +279,9 @@ def test_lane_overhead_is_the_extra_pass_time_per_transfer_beside_it(monkeypatch
     import funcpipe.planning.profile as prof_mod
     from funcpipe.storage.local_dir import LocalDirStorage
 
-    if len(prof_mod.os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs two cores")
+    # The fake pass sleeps instead of computing, so the lane needs no core of its own here:
+    # the host is shown as two cores, whatever it has.
+    monkeypatch.setattr(prof_mod.os, "sched_getaffinity", lambda _pid: {0, 1})
     puts = [0]
     real_put = LocalDirStorage.put
 

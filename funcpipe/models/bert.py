@@ -120,13 +120,12 @@ def bert(
     if not 0 <= pad_id < vocab_size:
         raise ConfigError(f"pad_id={pad_id} must be a token id below vocab_size={vocab_size}")
     inter = 4 * hidden if intermediate is None else intermediate
-    parts: OrderedDict[str, nn.Module] = OrderedDict(
-        embeddings=Embeddings(vocab_size, hidden, max_positions, pad_id, dropout)
-    )
+    embeddings = Embeddings(vocab_size, hidden, max_positions, pad_id, dropout)
+    parts: OrderedDict[str, nn.Module] = OrderedDict(embeddings=embeddings)
     for i in range(layers):
         parts[f"block{i + 1}"] = Block(hidden, heads, inter, dropout)
     head = MaskedLMHead(hidden, vocab_size)
     if tie_weights:
-        head.decoder.weight = parts["embeddings"].word.weight  # type: ignore[union-attr]
+        head.decoder.weight = embeddings.word.weight
     parts["mlm_head"] = head
     return nn.Sequential(parts)

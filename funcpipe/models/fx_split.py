@@ -15,8 +15,8 @@ import inspect
 import linecache
 import operator
 import traceback
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor, fx, nn
@@ -109,10 +109,19 @@ def _bake_defaults(graph_module: fx.GraphModule, concrete: dict[str, Any]) -> No
                     graph_module.graph.erase_node(check)
                 graph_module.graph.erase_node(user)
             else:
-                user.args = fx.map_arg(user.args, lambda n, v=value, p=node: v if n is p else n)
-                user.kwargs = fx.map_arg(user.kwargs, lambda n, v=value, p=node: v if n is p else n)
+                user.args = fx.map_arg(user.args, _replacing(node, value))
+                user.kwargs = fx.map_arg(user.kwargs, _replacing(node, value))
         graph_module.graph.erase_node(node)
     graph_module.recompile()
+
+
+def _replacing(node: fx.Node, value: Any) -> Callable[[fx.Node], Any]:
+    """A ``map_arg`` function that puts ``value`` where ``node`` was used."""
+
+    def swap(n: fx.Node) -> Any:
+        return value if n is node else n
+
+    return swap
 
 
 def _where(exc: BaseException) -> str:
@@ -124,7 +133,7 @@ def _where(exc: BaseException) -> str:
     if not frames:
         return ""
     f = frames[-1]
-    line = (f.line or linecache.getline(f.filename, f.lineno)).strip()
+    line = (f.line or linecache.getline(f.filename, f.lineno or 0)).strip()
     return f" at {f.filename}:{f.lineno} `{line}`"
 
 
@@ -155,11 +164,12 @@ def _live_at(i: int, nodes, placeholders, last_use) -> list[fx.Node]:
 
 
 def _params_of(graph_module: fx.GraphModule, node: fx.Node) -> set[int]:
+    # a call_module's or get_attr's target is the dotted name of what it uses
     if node.op == "call_module":
-        sub = graph_module.get_submodule(node.target)
+        sub = graph_module.get_submodule(cast(str, node.target))
         return {id(t) for t in [*sub.parameters(), *sub.buffers()]}
     if node.op == "get_attr":
-        return {id(_get_attr(graph_module, node.target))}
+        return {id(_get_attr(graph_module, cast(str, node.target)))}
     return set()
 
 
@@ -172,7 +182,7 @@ def _legal_cuts(graph_module, nodes, order, last_use, values) -> list[int]:
         at = [order[u] for u in n.users if u in order] if n.op == "get_attr" else [i]
         for pid in _params_of(graph_module, n):
             users_of.setdefault(pid, []).extend(at)
-    blocked = set()
+    blocked: set[int] = set()
     for uses in users_of.values():
         blocked.update(range(min(uses) + 1, max(uses) + 1))  # shared state spans these cuts
     placeholders = [n for n in order if n.op == "placeholder"]

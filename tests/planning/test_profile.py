@@ -140,7 +140,7 @@ def test_in_place_layers_are_measured_like_their_out_of_place_twins() -> None:
 def test_layers_are_timed_in_rounds_for_at_least_min_seconds(monkeypatch) -> None:
     """Every round goes through the whole model (a slow spell hits one round of every layer,
     not every repeat of a few layers), and rounds go on until ``min_seconds`` have passed."""
-    import funcpipe.planning.profile as prof_mod
+    import funcpipe.planning.profiler.measure as prof_mod
 
     calls: list[int] = []
 
@@ -276,7 +276,7 @@ def test_lane_overhead_is_the_extra_pass_time_per_transfer_beside_it(monkeypatch
     """A pass that takes 1 ms longer for every transfer a lane thread makes during it is
     measured at 1 ms per transfer; on a single core nothing is measured (the lane would run on
     the pass's core, and its CPU is counted as the transfers' cost already)."""
-    import funcpipe.planning.profile as prof_mod
+    import funcpipe.planning.profiler.lanes as prof_mod
     from funcpipe.storage.local_dir import LocalDirStorage
 
     # The fake pass sleeps instead of computing, so the lane needs no core of its own here:
@@ -297,13 +297,13 @@ def test_lane_overhead_is_the_extra_pass_time_per_transfer_beside_it(monkeypatch
             time.sleep(0.0002)
 
     monkeypatch.setattr(LocalDirStorage, "put", counting_put)
-    monkeypatch.setattr(prof_mod, "_time_round", fake_round)
+    monkeypatch.setattr(prof_mod, "time_round", fake_round)
     model = nn.Sequential(nn.Linear(4, 4))
     config = (torch.randn(2, 4), None, 1, 1)
     threads = torch.get_num_threads()
-    extra = prof_mod._lane_overhead(model, config, None, window_s=0.3, pairs=3)
+    extra = prof_mod.lane_overhead(model, config, None, window_s=0.3, pairs=3)
     assert 0.0005 < extra < 0.0016
     assert torch.get_num_threads() == threads
     assert not [t for t in threading.enumerate() if t.name == "profile-lane"]
     monkeypatch.setattr(prof_mod.os, "sched_getaffinity", lambda _pid: {0})
-    assert prof_mod._lane_overhead(model, config, None, window_s=0.3) == 0.0
+    assert prof_mod.lane_overhead(model, config, None, window_s=0.3) == 0.0

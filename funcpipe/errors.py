@@ -29,6 +29,10 @@ class KeyNotFound(StorageError, KeyError):
         return str(self.args[0]) if self.args else "key not found"
 
 
+class KeyExists(StorageError):
+    """A create-only write (``put(..., overwrite=False)``) found its key holding an object."""
+
+
 class StorageTimeout(StorageError, TimeoutError):
     """A blocking wait for a key ran past its deadline."""
 

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from funcpipe.errors import ConfigError, KeyNotFound, StorageError
+from funcpipe.errors import ConfigError, KeyExists, KeyNotFound, StorageError
 from funcpipe.storage import open_storage
 from funcpipe.storage.base import Storage
 from funcpipe.storage.prefixed import PrefixedStorage
@@ -111,67 +111,17 @@ def job_storage(storage_url: str, job_id: str) -> tuple[Storage, PrefixedStorage
 # --- create-only writes --------------------------------------------------------------------------
 
 
-def claim(root: Storage, key: str, data: bytes) -> bool:
+def claim(store: Storage, key: str, data: bytes) -> bool:
     """Create ``key`` with ``data`` unless it exists; True when this call created it.
 
-    Atomic on every shared backend: S3 conditional writes (``If-None-Match: *``), Redis
-    ``SET NX``, a hard link on a local directory. ``key`` is the full key inside ``root``.
+    A create-only put (``overwrite=False``), atomic on every backend: of concurrent claims
+    exactly one wins. ``data`` names the attempt (a retried write that finds its own bytes counts
+    as created, see :meth:`Storage.put`).
     """
-    from funcpipe.storage.local_dir import LocalDirStorage
-    from funcpipe.storage.s3 import S3Storage
-
-    if isinstance(root, S3Storage):
-        return _claim_s3(root, key, data)
-    if isinstance(root, LocalDirStorage):
-        return _claim_local(root, key, data)
-    client = getattr(root, "client", None)
-    if client is not None and hasattr(client, "set"):  # RedisStorage
-        try:
-            return bool(client.set(key, data, nx=True))
-        except Exception as exc:
-            raise StorageError(f"redis SET NX of {key!r} failed: {exc}") from exc
-    raise ConfigError(
-        f"storage {root!r} has no create-only write, which cloud functions need to tell a "
-        "retried invocation from the first one; use s3://, redis:// or a local directory"
-    )
-
-
-def _claim_s3(root: Any, key: str, data: bytes) -> bool:
-    from botocore.exceptions import ClientError
-
     try:
-        root._client.put_object(
-            Bucket=root.options.bucket, Key=root._key(key), Body=data, IfNoneMatch="*"
-        )
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-            return False
-        raise StorageError(f"S3 conditional PUT of {key!r} failed: {exc}") from exc
-    return True
-
-
-def _claim_local(root: Any, key: str, data: bytes) -> bool:
-    """Write a temporary file, then hard-link it to the key's name: the link fails if it exists.
-
-    Walks the folders the way LocalDirStorage does (from its root's descriptor, never following
-    links).
-    """
-    parts, obj = root._split(key)
-    tmp = f"{obj[:-1]}#{uuid.uuid4().hex}.claim"
-    with root._dirs(parts, create=True) as fds:
-        folder = fds[-1]
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
-                     dir_fd=folder)  # fmt: skip
-        try:
-            with open(fd, "wb") as f:
-                f.write(data)
-            os.link(tmp, obj, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
-        except FileExistsError:
-            return False
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=folder)
+        store.put(key, data, overwrite=False)
+    except KeyExists:
+        return False
     return True
 
 

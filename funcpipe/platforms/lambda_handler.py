@@ -96,7 +96,7 @@ def handle(
         if (ended := _job_ended(shared, keys, package)) is not None:
             return {"state": ended, "attempt": attempt}
         record = json.dumps({"attempt": attempt, "at": entered}).encode()
-        if not control.claim(root, shared.prefix + keys.claim, record):
+        if not control.claim(shared, keys.claim, record):
             # A retry of an invocation that already ran (or runs): leave every key alone.
             print(f"funcpipe: {keys.prefix} was already claimed; this attempt exits", flush=True)
             return {"state": "duplicate", "attempt": attempt}

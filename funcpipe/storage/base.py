@@ -15,15 +15,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from funcpipe.errors import ConfigError, KeyNotFound, StorageTimeout
+from funcpipe.errors import ConfigError, KeyExists, KeyNotFound, StorageTimeout
 from funcpipe.storage.retry import RetryPolicy, call_with_retries
 
 if TYPE_CHECKING:
     from funcpipe.storage.faults import FaultInjector
 
-__all__ = ["POLL_MAX_S", "Storage", "validate_key", "validate_prefix"]
+__all__ = ["POLL_MAX_S", "BytesLike", "Storage", "validate_key", "validate_prefix"]
 
 T = TypeVar("T")
+
+#: What ``put`` accepts: bytes, or a view of bytes (a tensor's memory, part of a buffer).
+BytesLike = bytes | bytearray | memoryview
 
 #: Longest pause between two polls of one key in :meth:`Storage.wait`, for stores where a poll
 #: is free and fast (local, Redis); S3 overrides it (every poll is a billed GET).
@@ -113,10 +116,17 @@ class Storage(abc.ABC):
     on_extra_request: Callable[[str, int], None] | None = None
 
     @abc.abstractmethod
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: BytesLike, *, overwrite: bool = True) -> None:
         """Store ``data`` under ``key``, replacing any old value; readers see all or nothing.
 
         ``data`` may be any bytes-like object (bytes, bytearray, a byte memoryview).
+
+        ``overwrite=False`` makes the write create-only: it raises KeyExists naming the key when
+        the key already holds an object, and leaves that object alone. It is atomic: of several
+        writers racing to create one key (other threads, other processes), exactly one
+        succeeds. A create retried after its reply was lost, that finds the very bytes it sent,
+        counts as created (:meth:`_created_before`); writers that must know which of them won
+        therefore write distinct data, e.g. with a unique attempt id in it.
         """
 
     @abc.abstractmethod
@@ -180,6 +190,45 @@ class Storage(abc.ABC):
             if delete:
                 self.delete(key)
             return data
+
+    def _create(self, what: str, key: str, data: BytesLike, attempt: Callable[[], object]) -> None:
+        """A create-only write as one request: ``attempt`` raises KeyExists if the key exists.
+
+        Retried like any request; a retry that finds the bytes an earlier try sent counts as
+        created (see :meth:`put`).
+        """
+        tries = 0
+
+        def counted() -> None:
+            nonlocal tries
+            tries += 1
+            attempt()
+
+        try:
+            self._request(what, counted)
+        except KeyExists:
+            if not self._created_before(key, data, tries):
+                raise
+
+    def _created_before(self, key: str, data: BytesLike, tries: int) -> bool:
+        """After a create-only write of ``key`` raised KeyExists on its try number ``tries``:
+        whether an earlier try created it (it landed, then its reply was lost or failed).
+
+        Only a retried create can have landed before; then the key holds exactly ``data``.
+        """
+        if tries < 2:
+            return False
+        try:
+            return self.get(key) == bytes(data)
+        except KeyNotFound:
+            return False
+
+    @staticmethod
+    def _exists_error(key: str, where: str) -> KeyExists:
+        return KeyExists(
+            f"storage key {key!r} already exists {where}; a create-only put (overwrite=False) "
+            "never replaces an object: delete it first, or write with overwrite=True"
+        )
 
     def _poll_paces(self) -> dict[str, float]:
         try:

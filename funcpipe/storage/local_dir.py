@@ -3,7 +3,8 @@
 Every object file carries the suffix ``#`` (a character keys may not contain), so a key can be
 both an object and the prefix of other keys ('a' and 'a/b'), as on S3. ``put`` writes a temp
 file in the same directory and renames it over the target, so a reader never sees half an
-object; temp names never end in ``#`` and are therefore invisible to get/list/exists.
+object (a create-only put hard-links it to the name instead, which fails if the name exists);
+temp names never end in ``#`` and are therefore invisible to get/list/exists.
 
 The root is often in a shared place (/dev/shm), so it must belong to the user and not be
 world-writable, and no path under it is ever resolved through a symbolic link: every request
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from funcpipe.errors import ConfigError, KeyNotFound, StorageError
-from funcpipe.storage.base import Storage, validate_key, validate_prefix
+from funcpipe.storage.base import BytesLike, Storage, validate_key, validate_prefix
 
 __all__ = ["LocalDirStorage"]
 
@@ -123,11 +124,17 @@ class LocalDirStorage(Storage):
         return parts, name + _OBJ
 
     # Local requests never fail transiently; they go through _request for injected faults.
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: BytesLike, *, overwrite: bool = True) -> None:
         validate_key(key)
-        self._request(f"local PUT of {key!r}", lambda: self._put(key, data))
+        if overwrite:
+            self._request(f"local PUT of {key!r}", lambda: self._put(key, data))
+        else:
+            what = f"local PUT (create-only) of {key!r}"
+            self._create(what, key, data, lambda: self._put(key, data, create=True))
 
-    def _put(self, key: str, data: bytes) -> None:
+    def _put(self, key: str, data: BytesLike, *, create: bool = False) -> None:
+        """Write a temp file, then rename it over the key's name or, with ``create``, hard-link
+        it to that name, which fails if the name exists: create-only, and atomic."""
         parts, obj = self._split(key)
         tmp = f"{obj[:-1]}#{uuid.uuid4().hex}.tmp"
         for _ in range(50):  # a concurrent delete/prune may remove the directory under us
@@ -138,12 +145,21 @@ class LocalDirStorage(Storage):
                     try:
                         with open(fd, "wb") as f:
                             f.write(memoryview(data))
-                        os.replace(tmp, obj, src_dir_fd=folder, dst_dir_fd=folder)
+                        if create:
+                            os.link(tmp, obj, src_dir_fd=folder, dst_dir_fd=folder,
+                                    follow_symlinks=False)  # fmt: skip
+                        else:
+                            os.replace(tmp, obj, src_dir_fd=folder, dst_dir_fd=folder)
                     except BaseException:
                         with contextlib.suppress(OSError):
                             os.unlink(tmp, dir_fd=folder)
                         raise
+                    if create:
+                        with contextlib.suppress(OSError):  # the key's own name holds the data
+                            os.unlink(tmp, dir_fd=folder)
                     return
+            except FileExistsError:  # only the link can raise it: temp names are unique
+                raise self._exists_error(key, f"under {self.root}") from None
             except FileNotFoundError:
                 continue
             except OSError as exc:

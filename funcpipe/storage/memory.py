@@ -10,7 +10,7 @@ import threading
 import time
 
 from funcpipe.errors import ConfigError, KeyNotFound, StorageTimeout
-from funcpipe.storage.base import Storage, validate_key, validate_prefix
+from funcpipe.storage.base import BytesLike, Storage, validate_key, validate_prefix
 
 __all__ = ["MemoryStorage"]
 
@@ -27,10 +27,12 @@ class MemoryStorage(Storage):
     def __repr__(self) -> str:
         return f"MemoryStorage({len(self._objects)} objects)"
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: BytesLike, *, overwrite: bool = True) -> None:
         validate_key(key)
         value = bytes(data)  # no copy for bytes; views are copied so later writes can't leak in
         with self._changed:
+            if not overwrite and key in self._objects:
+                raise self._exists_error(key, "in memory storage")
             self._objects[key] = value
             self._changed.notify_all()
 

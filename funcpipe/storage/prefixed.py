@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from funcpipe.storage.base import Storage, validate_key, validate_prefix
+from funcpipe.storage.base import BytesLike, Storage, validate_key, validate_prefix
 
 __all__ = ["PrefixedStorage"]
 
@@ -35,8 +35,8 @@ class PrefixedStorage(Storage):
     def _full(self, key: str) -> str:
         return self.prefix + validate_key(key)
 
-    def put(self, key: str, data: bytes) -> None:
-        self.inner.put(self._full(key), data)
+    def put(self, key: str, data: BytesLike, *, overwrite: bool = True) -> None:
+        self.inner.put(self._full(key), data, overwrite=overwrite)
 
     def get(self, key: str) -> bytes:
         return self.inner.get(self._full(key))

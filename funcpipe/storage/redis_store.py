@@ -1,6 +1,7 @@
 """Storage on a Redis server: low-latency objects for functions that can reach one.
 
-Keys map one to one onto Redis string keys; SET is atomic, so readers see all or nothing.
+Keys map one to one onto Redis string keys; SET is atomic, so readers see all or nothing, and
+``SET NX`` makes a create-only put atomic too.
 Listing uses SCAN (never KEYS, which blocks the server) and is for cleanup only.
 """
 
@@ -10,7 +11,7 @@ import os
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 from funcpipe.errors import ConfigError, KeyNotFound, StorageError
-from funcpipe.storage.base import Storage, redact_url, validate_key, validate_prefix
+from funcpipe.storage.base import BytesLike, Storage, redact_url, validate_key, validate_prefix
 from funcpipe.storage.faults import FaultInjector
 from funcpipe.storage.retry import RetryPolicy, Transient
 
@@ -39,8 +40,11 @@ class RedisStorage(Storage):
     def __repr__(self) -> str:
         return f"RedisStorage({self.description!r})"
 
-    def _call(self, what: str, key: str, fn, *args):
-        """One Redis command, retried on timeouts and broken or refused connections."""
+    def _call(self, what: str, key: str, fn, *args, create: bytes | None = None):
+        """One Redis command, retried on timeouts and broken or refused connections.
+
+        ``create``: the command is a create-only write of these bytes (see Storage._create).
+        """
 
         def attempt():
             try:
@@ -50,9 +54,13 @@ class RedisStorage(Storage):
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 raise Transient(f"{type(exc).__name__}: {exc}") from exc
 
+        where = f"redis {what} of {key!r} on {self.description}"
         try:
-            return self._request(f"redis {what} of {key!r} on {self.description}", attempt)
-        except StorageError as exc:  # retries ran out
+            if create is None:
+                return self._request(where, attempt)
+            self._create(where, key, create, attempt)
+            return None
+        except StorageError as exc:  # retries ran out, or a create found its key taken
             if isinstance(getattr(exc.__cause__, "__cause__", None), redis.ConnectionError):
                 exc.args = (
                     f"{exc}; is a Redis server running there and reachable? (e.g. `redis-server`)",
@@ -80,10 +88,20 @@ class RedisStorage(Storage):
             if kwargs.get(name) is None or kwargs[name] > limit:
                 kwargs[name] = limit
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: BytesLike, *, overwrite: bool = True) -> None:
         # Only a job's own keys expire; data sets (datasets/...) serve many jobs and stay.
         ttl = self.ttl_s if key.startswith("jobs/") else None
-        self._call("SET", key, self.client.set, validate_key(key), bytes(data), ttl)
+        value = bytes(data)
+        if overwrite:
+            self._call("SET", key, self.client.set, validate_key(key), value, ttl)
+            return
+
+        def set_nx() -> None:
+            if not self.client.set(key, value, ex=ttl, nx=True):
+                raise self._exists_error(key, f"on {self.description}")
+
+        validate_key(key)
+        self._call("SET NX", key, set_nx, create=value)
 
     def get(self, key: str) -> bytes:
         value = self._call("GET", key, self.client.get, validate_key(key))

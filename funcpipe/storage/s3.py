@@ -1,6 +1,10 @@
 """Storage on S3 or any S3-protocol server (MinIO, moto, Ceph): what real functions share.
 
 One key is one object; PutObject replaces an object in one step, so readers see all or nothing.
+A create-only put is a conditional write (``If-None-Match: *`` on PutObject, or on the completion
+of a multipart upload), which S3 applies atomically since 2024; servers that ignore the header
+(older MinIO or Ceph releases) would overwrite instead. moto's server (the tests') honours it,
+checking and writing within one request, though not under a lock of its own.
 ``wait`` polls GET on that one key (never a listing: listings are slow, paid per call and may lag
 behind writes). Credentials come only from boto3's standard provider chain, never from the URL,
 and are never shown. Each process makes its own client on first use, so an instance copied into
@@ -20,7 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
 from funcpipe.errors import ConfigError, KeyNotFound, StorageError
-from funcpipe.storage.base import Storage, validate_key, validate_prefix
+from funcpipe.storage.base import BytesLike, Storage, validate_key, validate_prefix
 from funcpipe.storage.faults import FaultInjector
 from funcpipe.storage.retry import RetryPolicy, Transient
 
@@ -55,6 +59,7 @@ _DENIED = {"AccessDenied", "403", "Forbidden"}
 _RETRYABLE_CODES = {
     "SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
     "ThrottlingException", "RequestTimeTooSkewed", "OperationAborted",
+    "ConditionalRequestConflict",  # 409: another conditional write of the key is in flight
 }  # fmt: skip
 #: Failures of the connection itself (refused, reset, timed out, closed mid-body).
 _NETWORK_ERRORS = (BotoConnectionError, HTTPClientError, Urllib3Error, OSError)
@@ -166,11 +171,21 @@ class S3Storage(Storage):
         session = boto3.session.Session(botocore_session=core)
         return session.client("s3", endpoint_url=o.endpoint_url, config=config)
 
-    def _call(self, what: str, key: str, fn_name: str, *, then: Any = None, **kwargs: Any) -> Any:
+    def _call(
+        self,
+        what: str,
+        key: str,
+        fn_name: str,
+        *,
+        then: Any = None,
+        create: BytesLike | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """One S3 request, retried on throttling, 5xx and network failures.
 
         ``then(response)`` runs inside the attempt (e.g. reading a body), so a connection that
-        breaks mid-body is retried too.
+        breaks mid-body is retried too. ``create``: the request is the conditional write
+        (``IfNoneMatch="*"``) of these bytes, a create-only put (see Storage._create).
         """
 
         def attempt() -> Any:
@@ -183,14 +198,20 @@ class S3Storage(Storage):
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
                 if code in _RETRYABLE_CODES or status >= 500:
                     raise Transient(f"{code or status}: {err.get('Message', exc)}") from exc
+                if create is not None and code == "PreconditionFailed":
+                    raise self._exists_error(key, f"on {self.description}") from None
                 raise
             except NoCredentialsError:
                 raise
             except _NETWORK_ERRORS as exc:
                 raise Transient(f"{type(exc).__name__}: {exc}") from exc
 
+        where = f"S3 {what} of {key!r} on {self.description}"
         try:
-            return self._request(f"S3 {what} of {key!r} on {self.description}", attempt)
+            if create is None:
+                return self._request(where, attempt)
+            self._create(where, key, create, attempt)
+            return None
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code == "NoSuchBucket":
@@ -286,18 +307,21 @@ class S3Storage(Storage):
                 self._pool_pid = pid
         return self._pool_obj
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: BytesLike, *, overwrite: bool = True) -> None:
         view = memoryview(data).cast("B")
         if self.options.threads > 1 and view.nbytes > 2 * self._upload_part:
-            self._put_parts(key, view)
+            self._put_parts(key, view, overwrite)
             return
         body = data if isinstance(data, bytes) else view.tobytes()
-        self._call(
-            "PUT", key, "put_object", Bucket=self.options.bucket, Key=self._key(key), Body=body
-        )
+        where = {"Bucket": self.options.bucket, "Key": self._key(key), "Body": body}
+        if overwrite:
+            self._call("PUT", key, "put_object", **where)
+        else:
+            self._call("PUT", key, "put_object", create=body, IfNoneMatch="*", **where)
 
-    def _put_parts(self, key: str, view: memoryview) -> None:
-        """Multipart upload, parts in parallel; the object appears whole at the completion."""
+    def _put_parts(self, key: str, view: memoryview, overwrite: bool = True) -> None:
+        """Multipart upload, parts in parallel; the object appears whole at the completion
+        (which is the conditional write of a create-only put)."""
         where = {"Bucket": self.options.bucket, "Key": self._key(key)}
         upload = self._call("PUT", key, "create_multipart_upload", **where)["UploadId"]
         part = self._upload_part
@@ -311,11 +335,12 @@ class S3Storage(Storage):
 
         count = -(-view.nbytes // part)
         self._extra_requests("puts", count + 1)  # create, parts, complete: one put is billed
+        complete: dict[str, Any] = {} if overwrite else {"create": view, "IfNoneMatch": "*"}
         try:
             parts = list(self._pool().map(send, range(count)))
             self._call(
                 "PUT", key, "complete_multipart_upload", UploadId=upload,
-                MultipartUpload={"Parts": parts}, **where,
+                MultipartUpload={"Parts": parts}, **complete, **where,
             )  # fmt: skip
         except BaseException:
             with contextlib.suppress(Exception):  # best effort: a lifecycle rule catches the rest

@@ -13,12 +13,13 @@ Per-request latency is slept outside any lock, so concurrent requests overlap it
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
 
 from funcpipe.errors import ConfigError
-from funcpipe.storage.base import Storage
+from funcpipe.storage.base import BytesLike, Storage
 
 __all__ = ["LinkConfig", "LinkStats", "ThrottledStorage", "TokenBucket", "default_link"]
 
@@ -146,7 +147,7 @@ class LinkStats:
 
     def snapshot(self) -> LinkStats:
         with self._lock:
-            return LinkStats(**self.as_dict())
+            return dataclasses.replace(self)  # a fresh lock of its own (__post_init__)
 
     def as_dict(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in _FIELDS}
@@ -204,13 +205,13 @@ class ThrottledStorage(Storage):
             if left > 0:
                 time.sleep(left)
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: BytesLike, *, overwrite: bool = True) -> None:
         start = time.monotonic()
         size = memoryview(data).nbytes
         self._stream(self._up, size)
         written = time.monotonic()
-        try:
-            self.inner.put(key, data)  # visible once the bytes are across, acknowledged later
+        try:  # visible once the bytes are across, acknowledged later; a refused create is billed
+            self.inner.put(key, data, overwrite=overwrite)
         finally:
             self._latency(written)
             self.stats.add(puts=1, bytes_up=size, up_seconds=time.monotonic() - start)

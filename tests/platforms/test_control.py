@@ -14,9 +14,11 @@ from funcpipe.platforms import control
 from funcpipe.storage import MemoryStorage, open_storage
 
 
-@pytest.fixture(params=["local", "redis", "s3"])
+@pytest.fixture(params=["local", "memory", "redis", "s3"])
 def root(request, tmp_path):
-    if request.param == "local":
+    if request.param == "memory":
+        store = MemoryStorage()
+    elif request.param == "local":
         store = open_storage(f"local://{tmp_path}/store")
     elif request.param == "redis":
         store = open_storage(request.getfixturevalue("redis_url"))
@@ -26,7 +28,7 @@ def root(request, tmp_path):
     store.close()
 
 
-def test_claim_is_create_only_on_every_shared_backend(root) -> None:
+def test_claim_is_create_only_on_every_backend(root) -> None:
     key = f"jobs/t-{uuid.uuid4().hex[:8]}/control/g0/s0r0/claim"
     assert control.claim(root, key, b"first")
     assert not control.claim(root, key, b"second")
@@ -52,11 +54,6 @@ def test_concurrent_claims_have_exactly_one_winner(root) -> None:
     assert len(wins) == 1
     assert root.get(key) == str(wins[0]).encode()
     root.delete(key)
-
-
-def test_memory_storage_has_no_create_only_write() -> None:
-    with pytest.raises(ConfigError, match="create-only"):
-        control.claim(MemoryStorage(), "a/b", b"x")
 
 
 def _package(**code) -> dict:

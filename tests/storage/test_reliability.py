@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 from servers import start_moto, start_redis, stop
 
-from funcpipe.errors import ConfigError, KeyNotFound, StorageError, StorageUnavailable
+from funcpipe.errors import (
+    ConfigError,
+    KeyExists,
+    KeyNotFound,
+    StorageError,
+    StorageUnavailable,
+)
 from funcpipe.storage import LocalDirStorage, RetryPolicy, ThrottledStorage, open_storage
 from funcpipe.storage.faults import FaultInjector
 from funcpipe.storage.retry import Transient, call_with_retries
@@ -304,3 +310,31 @@ def test_delete_prefix_counts_what_it_deleted_when_a_reply_is_lost(tmp_path: Pat
     assert store.delete_prefix("a/") == 3
     store.configure_requests(faults=None)
     assert store.list("") == ["b"]
+
+
+@pytest.mark.parametrize("backend", ["local", "redis", "s3"])
+def test_a_create_whose_reply_is_lost_still_counts_as_created(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The retry of a create-only put that landed finds its own bytes: created, not KeyExists;
+    another writer's create after it is refused."""
+    if backend == "local":
+        store = open_storage(str(tmp_path / "store"))
+    elif backend == "redis":
+        store = open_storage(request.getfixturevalue("redis_url"))
+    else:
+        store = open_storage(request.getfixturevalue("s3_server").new_bucket())
+    key = f"jobs/t-{os.getpid()}-{time.monotonic_ns()}/claim"
+    faults = _LoseReplies()
+    store.configure_requests(faults=faults)
+    try:
+        store.put(key, b"attempt a", overwrite=False)
+        assert faults.attempts > 2  # the create was sent twice, and its bytes read back
+        with pytest.raises(KeyExists):
+            store.put(key, b"attempt b", overwrite=False)
+        store.configure_requests(faults=None)
+        assert store.get(key) == b"attempt a"
+    finally:
+        store.configure_requests(faults=None)
+        store.delete(key)
+        store.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from funcpipe.errors import ConfigError, StorageError
+from funcpipe.errors import ConfigError, KeyExists, StorageError
 from funcpipe.storage import open_storage
 from funcpipe.storage import s3 as s3_module
 from funcpipe.storage.s3 import S3Storage
@@ -208,6 +208,24 @@ def test_large_objects_move_in_parallel_parts_when_asked(url: str) -> None:
     store.put("empty", b"")
     store.put("small", b"abc")
     assert (store.get("empty"), store.get("small")) == (b"", b"abc")
+    store.close()
+
+
+def test_create_only_puts_are_conditional_writes_whole_or_in_parts(url: str) -> None:
+    store = open_storage(f"{url}&part_mb=5&parallel_parts=3")
+    ops = record_operations(store)
+    store.put("small", b"abc", overwrite=False)
+    assert ops == ["PutObject"]
+    data = bytes(range(256)) * 50_000  # 12.8 MB: three upload parts, then the conditional end
+    store.put("big", data, overwrite=False)
+    assert ops.count("CompleteMultipartUpload") == 1
+    ops.clear()
+    with pytest.raises(KeyExists, match="'big' already exists"):
+        store.put("big", bytes(len(data)), overwrite=False)
+    assert ops.count("AbortMultipartUpload") == 1  # the refused upload leaves no parts behind
+    with pytest.raises(KeyExists, match="'small' already exists"):
+        store.put("small", b"xyz", overwrite=False)
+    assert (store.get("small"), store.get("big")) == (b"abc", data)
     store.close()
 
 

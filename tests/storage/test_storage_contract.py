@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from funcpipe.errors import ConfigError, KeyNotFound, StorageTimeout
+from funcpipe.errors import ConfigError, KeyExists, KeyNotFound, StorageTimeout
 from funcpipe.storage import Storage
 
 
@@ -30,6 +30,58 @@ def test_put_overwrites(store: Storage) -> None:
     store.put("k", b"new")
     assert store.get("k") == b"new"
     assert store.list("") == ["k"]
+
+
+def test_create_only_put_creates_a_missing_key(store: Storage) -> None:
+    store.put("new/key", b"first", overwrite=False)
+    store.put("view", memoryview(b"abcdef")[2:], overwrite=False)
+    assert (store.get("new/key"), store.get("view")) == (b"first", b"cdef")
+    assert store.list("") == ["new/key", "view"]
+
+
+def test_create_only_put_never_replaces_an_object(store: Storage) -> None:
+    store.put("taken", b"old value")
+    with pytest.raises(KeyExists, match="taken' already exists"):
+        store.put("taken", b"new", overwrite=False)
+    with pytest.raises(KeyExists):
+        store.put("taken", b"old value", overwrite=False)  # the same bytes: still refused
+    assert store.get("taken") == b"old value"
+    assert store.list("") == ["taken"]  # no temp object left behind
+    store.delete("taken")
+    store.put("taken", b"again", overwrite=False)  # deleted: free to create once more
+    assert store.get("taken") == b"again"
+
+
+def _race_to_create(store: Storage, key: str, writers: int = 8) -> list[int]:
+    """Start ``writers`` create-only puts of ``key`` at once; the writers that succeeded."""
+    wins: list[int] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(writers)
+
+    def attempt(i: int) -> None:
+        barrier.wait()
+        try:
+            store.put(key, f"writer {i}".encode(), overwrite=False)
+            wins.append(i)
+        except KeyExists:
+            pass
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    return wins
+
+
+def test_concurrent_creates_have_exactly_one_winner(store: Storage) -> None:
+    for round_ in range(3):
+        wins = _race_to_create(store, f"claim/{round_}")
+        assert len(wins) == 1, wins
+        assert store.get(f"claim/{round_}") == f"writer {wins[0]}".encode()
 
 
 def test_key_can_be_object_and_prefix(store: Storage) -> None:

@@ -193,17 +193,17 @@ def test_a_failed_all_reduce_stops_its_threads_and_writes_nothing_after(tmp_path
 
 def test_an_upload_error_is_raised_by_the_rank_that_hit_it(monkeypatch) -> None:
     """A failed upload must surface as itself, not later as a peer's timeout."""
-    import funcpipe.runtime.collectives as collectives
+    import funcpipe.runtime.lanes as lanes
     from funcpipe.storage import MemoryStorage
 
-    real_wait = collectives.wait
+    real_wait = lanes.wait
 
     def slow_wait(*args, **kwargs):  # widens the window in which an upload can fail unseen
         done = real_wait(*args, **kwargs)
         time.sleep(0.05)
         return done
 
-    monkeypatch.setattr(collectives, "wait", slow_wait)
+    monkeypatch.setattr(lanes, "wait", slow_wait)
 
     class FailingPut(MemoryStorage):
         def put(self, key: str, data: bytes) -> None:

@@ -8,7 +8,7 @@ tuple with ``None`` where an input has no gradient (integer token ids, masks).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -208,6 +208,10 @@ class StageRunner:
             p.grad = chunk.view_as(p).to(p.dtype).clone() if flag > 0 else None
             offset += n
 
+    def sync_size(self) -> tuple[int, int]:
+        """Length and item size of :meth:`flat_grads`' vector (see :func:`sync_size`)."""
+        return sync_size(self.params)
+
     @property
     def skips_step(self) -> bool:
         """Whether this step's update is dropped: some micro-batch's loss was not finite."""
@@ -227,3 +231,13 @@ class StageRunner:
         self._inputs.clear()
         self._outputs.clear()
         return loss
+
+
+def sync_size(params: Sequence[torch.Tensor]) -> tuple[int, int]:
+    """Length and item size of the vector :meth:`StageRunner.flat_grads` synchronises, from the
+    trainable parameters alone, so the client lowers a stage's SYNC as its functions cut it;
+    (0, 4) for a stage with nothing to synchronise."""
+    if not params:
+        return 0, 4
+    itemsize = 8 if all(p.dtype == torch.float64 for p in params) else 4
+    return sum(p.numel() for p in params) + len(params) + 1, itemsize

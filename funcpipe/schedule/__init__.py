@@ -17,9 +17,21 @@ from funcpipe.schedule.actions import (
     format_schedule,
     parse_action,
 )
-from funcpipe.schedule.build import SCHEDULES, build_eval_schedule, build_schedule, get_schedule
+from funcpipe.schedule.build import (
+    SCHEDULES,
+    build_eval_schedule,
+    build_schedule,
+    get_schedule,
+    schedule_for,
+)
 from funcpipe.schedule.channels import Channel, channel
-from funcpipe.schedule.lower import lane_widths, lower, stage_layouts, sync_layout
+from funcpipe.schedule.lower import (
+    lane_widths,
+    lower,
+    lowered_schedule,
+    stage_layouts,
+    sync_layout,
+)
 from funcpipe.schedule.rules import dependencies, local_deps
 from funcpipe.schedule.validate import check_schedule
 from funcpipe.schedule.walk import Do, Instruction, walk
@@ -48,8 +60,10 @@ __all__ = [
     "lane_widths",
     "local_deps",
     "lower",
+    "lowered_schedule",
     "parse_action",
     "stage_layouts",
+    "schedule_for",
     "sync_layout",
     "walk",
 ]

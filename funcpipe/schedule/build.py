@@ -100,6 +100,11 @@ def build_eval_schedule(plan: Plan, micro_batches: int) -> Schedule:
 SCHEDULES: dict[str, Builder] = {"gpipe": build_schedule}
 
 
+def schedule_for(plan: Plan) -> Schedule:
+    """The compute-level schedule of ``plan``, by the builder its ``schedule`` names."""
+    return get_schedule(plan.schedule)(plan)
+
+
 def get_schedule(name: str) -> Builder:
     """The builder registered as ``name``; the error lists the known names."""
     try:

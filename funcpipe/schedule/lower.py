@@ -21,9 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from funcpipe.errors import ConfigError
 from funcpipe.schedule.actions import CLIENT, Action, Lane, Op, Schedule, WorkerId
+from funcpipe.schedule.build import schedule_for
+
+if TYPE_CHECKING:
+    from funcpipe.plan import Plan
 
 __all__ = [
     "ALGORITHMS",
@@ -35,6 +40,7 @@ __all__ = [
     "lane_widths",
     "lower",
     "lower_sync",
+    "lowered_schedule",
     "split_sizes",
     "sync_actions",
     "sync_layout",
@@ -199,6 +205,24 @@ def stage_layouts(
         sync_layout(m, n, b, subchunks) if n > 1 and m > 0 else None
         for n, m, b in zip(world, numel, sizes, strict=True)
     ]
+
+
+def lowered_schedule(
+    plan: Plan,
+    numel: Sequence[int],
+    itemsize: Sequence[int] | int = 4,
+    *,
+    sync_algorithm: str = "pipelined",
+) -> Schedule:
+    """What every function of ``plan`` runs: its builder's schedule, lowered.
+
+    ``numel[s]``/``itemsize[s]`` are the length and item size of stage s's gradient vector (0
+    where it has nothing to synchronise); they fix how its all-reduce is cut.
+    """
+    layouts = stage_layouts(
+        [s.replicas for s in plan.stages], numel, itemsize, sync_algorithm=sync_algorithm
+    )
+    return lower(schedule_for(plan), layouts, sync_algorithm=sync_algorithm)
 
 
 def worker_ids(schedule: Schedule) -> list[WorkerId]:

@@ -10,8 +10,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from funcpipe.client import cli as cli_module
-from funcpipe.client.cli import cli, main
+from funcpipe.client.cli import auto_plan, cli, main
+from funcpipe.client.cli import train as cli_module  # the train command's module
 from funcpipe.errors import FuncPipeError
 
 
@@ -103,7 +103,7 @@ def test_predicted_vs_measured_uses_the_steps_after_the_first() -> None:
 
     history = [SimpleNamespace(iteration_s=t, cost_usd=c)
                for t, c in [(5.0, 1.0), (1.0, 0.1), (1.2, 0.2), (0.8, 0.3)]]  # fmt: skip
-    line = cli_module._predicted_vs_measured(SimpleNamespace(time_s=1.1, cost_usd=0.2), history)
+    line = auto_plan.predicted_vs_measured(SimpleNamespace(time_s=1.1, cost_usd=0.2), history)
     assert line == (
         "predicted 1.100 s and $0.200000 per iteration; measured 1.000 s and $0.200000 "
         "(median of 3 step(s) after the first): prediction +10% off"

@@ -1,0 +1,5 @@
+"""``python -m funcpipe.client.cli``: the ``funcpipe`` command."""
+
+from funcpipe.client.cli import main
+
+main()

@@ -13,14 +13,10 @@ from funcpipe import Plan, Stage
 from funcpipe.errors import ConfigError
 from funcpipe.planning.platforms import AWS_LAMBDA, LinkProfile
 from funcpipe.planning.profile import LayerProfile, Profile
-from funcpipe.planning.simulate import (
-    REPORT_BYTES_PER_ACTION,
-    _Cpu,
-    _Kernel,
-    _Link,
-    _noticed,
-    predict,
-)
+from funcpipe.planning.sim.cpu import _Cpu
+from funcpipe.planning.sim.kernel import _Kernel
+from funcpipe.planning.sim.link import _Link, _noticed
+from funcpipe.planning.simulate import REPORT_BYTES_PER_ACTION, predict
 from funcpipe.storage import base as storage_base
 from funcpipe.storage import throttle
 from funcpipe.storage.memory import MemoryStorage

@@ -14,23 +14,22 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from funcpipe.errors import ConfigError, FuncPipeError
-from funcpipe.planning.platforms import AWS_LAMBDA as AWS_LAMBDA_PROFILE
-from funcpipe.platforms import control
+from funcpipe.platform_profiles import AWS_LAMBDA as AWS_LAMBDA_PROFILE
+from funcpipe.platforms import control, failures
 from funcpipe.platforms.base import (
     FunctionSpec,
     Invocation,
     InvocationState,
-    Platform,
     PlatformLimits,
+    Reason,
     Status,
 )
-from funcpipe.storage.base import Storage
+from funcpipe.platforms.polled import PolledPlatform, PolledRun
 
 __all__ = [
     "MAX_ASYNC_PAYLOAD_BYTES",
@@ -53,18 +52,12 @@ def function_name(base: str, memory_mb: int) -> str:
 
 
 @dataclass
-class _Run:
-    inv: Invocation
-    function: str
-    keys: control.ControlKeys
-    shared: Storage
-    invoked_at: float
-    final: InvocationState | None = None
-    record: dict[str, Any] | None = None
-    read_at: float = 0.0
+class _Run(PolledRun):
+    function: str = ""  # the Lambda function invoked
+    record: dict[str, Any] | None = None  # the function's status record, once there is one
 
 
-class AwsLambdaPlatform(Platform):
+class AwsLambdaPlatform(PolledPlatform[_Run]):
     """Runs each function as an asynchronous invocation of ``{function_base}-{memory}mb``.
 
     ``client`` is a boto3 Lambda client (default: one from the standard provider chain, in
@@ -75,6 +68,7 @@ class AwsLambdaPlatform(Platform):
     """
 
     limits: PlatformLimits = AWS_LAMBDA_PROFILE.limits
+    timeout_grace_s = TIMEOUT_GRACE_S
 
     def __init__(
         self,
@@ -95,19 +89,16 @@ class AwsLambdaPlatform(Platform):
             raise ConfigError(
                 f"heartbeat_timeout_s={heartbeat_timeout_s} must exceed heartbeat_s={heartbeat_s}"
             )
+        super().__init__(poll_s=poll_s)
         self.function_base = function_base
         self.region, self.endpoint_url = region, endpoint_url
         self.max_payload_bytes = max_payload_bytes
-        self.poll_s, self.start_timeout_s = poll_s, start_timeout_s
+        self.start_timeout_s = start_timeout_s
         self.heartbeat_s, self.heartbeat_timeout_s = heartbeat_s, heartbeat_timeout_s
         self.abort_poll_s = abort_poll_s
         self.local_storage_ok = local_storage_ok  # for running the handler on this machine
         self._client_obj = client
-        self._lock = threading.RLock()
-        self._runs: dict[int, _Run] = {}
-        self._stores: dict[tuple[str, str], tuple[Storage, Storage]] = {}
         self._checked: set[tuple[str, int, float]] = set()
-        self._closed = False
 
     @classmethod
     def from_env(cls) -> AwsLambdaPlatform:
@@ -163,96 +154,32 @@ class AwsLambdaPlatform(Platform):
                 f"(status {resp.get('StatusCode')}); check the function in the Lambda console"
             )
 
-    def _storage(self, url: str, job_id: str) -> Storage:
-        with self._lock:
-            if (url, job_id) not in self._stores:
-                self._stores[(url, job_id)] = control.job_storage(url, job_id)
-            return self._stores[(url, job_id)][1]
-
     # --- Platform API -----------------------------------------------------------------------
 
-    def start(self, spec: FunctionSpec, payload: bytes) -> Invocation:  # type: ignore[override]
-        if self._closed:
-            raise FuncPipeError("this AwsLambdaPlatform is closed; create a new one")
+    def start(self, spec: FunctionSpec, payload: bytes) -> Invocation:
+        self._check_open()
         self.limits.check(spec)
-        try:
-            package = json.loads(payload)
-            keys = control.ControlKeys.of(package)
-            url, job_id = package["storage_url"], package["job_id"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(
-                f"function {spec.name!r}: the payload is not a FuncPipe function package ({exc})"
-            ) from exc
+        job = self._read_package(spec, payload)
         if not self.local_storage_ok:
-            control.check_reachable(url, "AWS Lambda")
+            control.check_reachable(job.storage_url, "AWS Lambda")
         name = function_name(self.function_base, spec.memory_mb)
         self._check_function(name, spec)
-        shared = self._storage(url, job_id)
+        shared = self._storage(job.storage_url, job.job_id)
+        keys = job.keys
         if shared.exists(keys.claim):
             raise ConfigError(
                 f"function {spec.name!r}: generation {keys.generation} of stage {keys.stage} "
-                f"replica {keys.replica} already ran in job {job_id!r}; a relaunch needs a new "
-                "generation"
+                f"replica {keys.replica} already ran in job {job.job_id!r}; a relaunch needs a "
+                "new generation"
             )
         event = control.fit_payload(
-            package, shared, self.max_payload_bytes, what=f"function {spec.name!r}"
+            job.package, shared, self.max_payload_bytes, what=f"function {spec.name!r}"
         )
         event = _with_control(event, self.heartbeat_s, self.abort_poll_s)
         inv = Invocation.new(spec)
-        run = _Run(inv, name, keys, shared, time.time())
-        with self._lock:
-            self._runs[inv.id] = run
+        self._add(_Run(inv, shared, keys, time.time(), function=name))
         self._invoke(name, event, spec)
         return inv
-
-    def state(self, inv: Invocation) -> InvocationState:
-        with self._lock:
-            run = self._run(inv)
-            if run.final is not None:
-                return run.final
-            now = time.time()
-            if run.record is None or now - run.read_at >= self.poll_s:
-                run.record = control.read_status(run.shared, run.keys)
-                run.read_at = now
-            state = self._classify(run, now)
-            if state.done:
-                run.final = state
-            return state
-
-    def join(self, inv: Invocation, timeout: float) -> InvocationState:
-        end = time.monotonic() + max(0.0, timeout)
-        while True:
-            st = self.state(inv)
-            left = end - time.monotonic()
-            if st.done or left <= 0:
-                return st
-            time.sleep(min(self.poll_s, left))
-
-    def cancel(self, inv: Invocation) -> None:
-        with self._lock:
-            run = self._run(inv)
-            if run.final is not None:
-                return
-            try:
-                run.shared.put(run.keys.abort, b"{}")
-            except Exception as exc:  # the function still stops at its timeout
-                message = f"function {inv.name!r} was cancelled, but its abort key failed: {exc}"
-            else:
-                message = f"function {inv.name!r} was cancelled"
-            run.final = InvocationState(Status.CANCELLED, "cancelled", message)
-
-    def close(self) -> None:
-        """Abort every function still running and close the storage connections."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for run in self._runs.values():
-                if run.final is None:
-                    self.cancel(run.inv)
-            for root, _ in self._stores.values():
-                root.close()
-            self._stores.clear()
 
     def billed_ms(self, inv: Invocation) -> int | None:
         """The function's billed duration as its handler measured it, once it has ended."""
@@ -260,28 +187,19 @@ class AwsLambdaPlatform(Platform):
             record = self._run(inv).record
         return None if record is None else record.get("billed_ms")
 
-    def invocations(self) -> list[Invocation]:
-        with self._lock:
-            return [r.inv for r in self._runs.values()]
+    # --- polling ----------------------------------------------------------------------------
 
-    # --- internals --------------------------------------------------------------------------
-
-    def _run(self, inv: Invocation) -> _Run:
-        run = self._runs.get(inv.id)
-        if run is None or run.inv != inv:
-            raise ConfigError(
-                f"invocation {inv.id} of function {inv.name!r} was not started by this platform"
-            )
-        return run
+    def _poll(self, run: _Run) -> None:
+        run.record = control.read_status(run.shared, run.keys)
 
     def _classify(self, run: _Run, now: float) -> InvocationState:
         spec, rec, name = run.inv.spec, run.record, run.inv.name
         logs = f"its logs are in CloudWatch under /aws/lambda/{run.function}"
         if rec is None:
-            if now - run.invoked_at > self.start_timeout_s:
+            if now - run.started_at > self.start_timeout_s:
                 return InvocationState(
                     Status.FAILED,
-                    "crash",
+                    Reason.CRASH,
                     f"function {name!r} did not start within {self.start_timeout_s:g} s of its "
                     f"invocation of {run.function!r}; {logs}",
                 )
@@ -291,40 +209,24 @@ class AwsLambdaPlatform(Platform):
         if state == "done":
             return InvocationState(Status.SUCCEEDED, peak_memory_mb=peak)
         if state == "cancelled":
-            return InvocationState(
-                Status.CANCELLED, "cancelled", f"function {name!r} was cancelled", peak
-            )
+            return failures.cancelled(spec, peak_mb=peak)
         if state == "failed":
             reason = rec.get("reason") or "error"
             error = rec.get("error") or ""
-            if reason == "timeout":
-                message = (
-                    f"function {name!r} ran past its timeout of {spec.timeout_s:g} s; give it a "
-                    "longer timeout_s or less work per function"
-                )
-            elif reason == "memory":
-                message = (
-                    f"function {name!r} exceeded its memory of {spec.memory_mb} MB (peak "
-                    f"{peak} MB); raise memory_mb or give the stage less work\n{error}"
-                )
-            else:
-                message = f"function {name!r} raised:\n{error}"
-            return InvocationState(Status.FAILED, reason, message, peak)
-        if now - float(rec.get("started_at", run.invoked_at)) > spec.timeout_s + TIMEOUT_GRACE_S:
-            return InvocationState(
-                Status.FAILED,
-                "timeout",
-                f"function {name!r} ran past its timeout of {spec.timeout_s:g} s; give it a "
-                f"longer timeout_s or less work per function; {logs}",
-                peak,
-            )
-        silent = now - float(rec.get("heartbeat_at", run.invoked_at))
+            if reason == Reason.TIMEOUT:
+                return failures.timed_out(spec, peak_mb=peak)
+            if reason == Reason.MEMORY:
+                return failures.out_of_memory(spec, peak_mb=peak, detail=error)
+            return failures.raised(spec, error, transient=bool(rec.get("transient")), peak_mb=peak)
+        if self._overdue(run, now, since=float(rec.get("started_at", run.started_at))):
+            return failures.timed_out(spec, peak_mb=peak, where_logs=logs)
+        silent = now - float(rec.get("heartbeat_at", run.started_at))
         if silent > self.heartbeat_timeout_s:
             near_cap = peak is not None and peak >= 0.9 * spec.memory_mb
             if near_cap:
                 return InvocationState(
                     Status.FAILED,
-                    "memory",
+                    Reason.MEMORY,
                     f"function {name!r} stopped after reaching {peak} MB of its "
                     f"{spec.memory_mb} MB: it most likely ran out of memory; raise memory_mb; "
                     f"{logs}",
@@ -332,7 +234,7 @@ class AwsLambdaPlatform(Platform):
                 )
             return InvocationState(
                 Status.FAILED,
-                "crash",
+                Reason.CRASH,
                 f"function {name!r} sent no heartbeat for {silent:.0f} s: it was killed or "
                 f"crashed; {logs}",
                 peak,

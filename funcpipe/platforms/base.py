@@ -10,11 +10,10 @@ from __future__ import annotations
 import abc
 import enum
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from funcpipe.errors import ConfigError
-from funcpipe.planning.platforms import AWS_LAMBDA as _AWS
+from funcpipe.platform_profiles import PlatformLimits
+from funcpipe.runtime.activity import _install_activity_sink, set_activity  # noqa: F401
 
 __all__ = [
     "FunctionSpec",
@@ -22,49 +21,10 @@ __all__ = [
     "InvocationState",
     "Platform",
     "PlatformLimits",
+    "Reason",
     "Status",
     "set_activity",
 ]
-
-
-@dataclass(frozen=True)
-class PlatformLimits:
-    """Bounds a platform puts on one function; the defaults are AWS Lambda's.
-
-    The figures live in :mod:`funcpipe.planning.platforms` (``profile.limits`` builds one).
-    """
-
-    min_memory_mb: int = _AWS.min_memory_mb
-    max_memory_mb: int = _AWS.max_memory_mb
-    max_timeout_s: float = _AWS.max_timeout_s
-    memory_step_mb: int = _AWS.memory_step_mb
-
-    def check(self, spec: FunctionSpec) -> None:
-        """Raise ConfigError naming the field of `spec` that this platform cannot run."""
-        if not spec.name or not isinstance(spec.name, str):
-            raise ConfigError(
-                "FunctionSpec.name must be a non-empty string, e.g. 'stage0-replica0'"
-            )
-        mem = spec.memory_mb
-        if not isinstance(mem, int) or isinstance(mem, bool):
-            raise ConfigError(
-                f"function {spec.name!r}: memory_mb must be an integer number of MB, got {mem!r}"
-            )
-        if not self.min_memory_mb <= mem <= self.max_memory_mb:
-            raise ConfigError(
-                f"function {spec.name!r}: memory_mb={mem} is outside this platform's range "
-                f"{self.min_memory_mb}..{self.max_memory_mb} MB; pick a size inside it"
-            )
-        if (mem - self.min_memory_mb) % self.memory_step_mb:
-            raise ConfigError(
-                f"function {spec.name!r}: memory_mb={mem} is not a multiple of the platform's "
-                f"{self.memory_step_mb} MB step above {self.min_memory_mb} MB"
-            )
-        if not spec.timeout_s > 0 or spec.timeout_s > self.max_timeout_s:
-            raise ConfigError(
-                f"function {spec.name!r}: timeout_s={spec.timeout_s} must be in "
-                f"(0, {self.max_timeout_s}] seconds; split the work into shorter functions"
-            )
 
 
 @dataclass(frozen=True)
@@ -83,19 +43,35 @@ class Status(enum.Enum):
     CANCELLED = "cancelled"
 
 
+class Reason(str, enum.Enum):
+    """Why a function failed or was cancelled; equal to, and printed as, its plain string."""
+
+    ERROR = "error"  # its own code raised
+    MEMORY = "memory"  # it went over its memory cap
+    TIMEOUT = "timeout"  # it ran past its time limit
+    CRASH = "crash"  # it was killed or vanished without a report
+    CANCELLED = "cancelled"  # its client stopped it
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
 @dataclass(frozen=True)
 class InvocationState:
     """How a function is doing or how it ended.
 
-    `reason` (only when not RUNNING/SUCCEEDED) is one of "error", "memory", "timeout", "crash",
-    "cancelled"; `message` is for humans and, for "error", holds the function's full traceback.
+    `reason` is set when the function failed or was cancelled. `transient` (with reason ERROR)
+    says the error is one a relaunch may cure, storage or network trouble
+    (:func:`funcpipe.platforms.failures.is_transient`), decided where the function saw it, from
+    the exception itself. `message` is for humans and, for ERROR, holds the full traceback.
     """
 
     status: Status
-    reason: str | None = None
+    reason: Reason | None = None
     message: str | None = None
     peak_memory_mb: float | None = None
     activity: str | None = None
+    transient: bool = False
 
     @property
     def done(self) -> bool:
@@ -127,8 +103,13 @@ class Platform(abc.ABC):
     limits: PlatformLimits = PlatformLimits()
 
     @abc.abstractmethod
-    def start(self, spec: FunctionSpec, target: Callable[[], None]) -> Invocation:
-        """Start `target()` as the function `spec`; returns at once."""
+    def start(self, spec: FunctionSpec, payload: bytes) -> Invocation:
+        """Start the function `spec` on `payload`; returns at once.
+
+        `payload` is what :func:`funcpipe.runtime.function.run` takes: a function package's
+        JSON (:mod:`funcpipe.runtime.package`), or, where the platform runs code of this
+        process, :func:`funcpipe.runtime.function.call_payload` bytes.
+        """
 
     @abc.abstractmethod
     def state(self, inv: Invocation) -> InvocationState:
@@ -151,26 +132,3 @@ class Platform(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# --- activity labels -------------------------------------------------------------------------
-# A platform installs a sink inside each function before running it; outside a function the sink
-# is None and set_activity costs one global lookup.
-_activity_sink: Callable[[str], None] | None = None
-
-
-def set_activity(label: str) -> None:
-    """Record what the running function is doing now (e.g. "forward mb 2").
-
-    The platform reports the last label when the function fails, so a memory or timeout error says
-    where it happened. Cheap enough to call per action; does nothing outside a function.
-    """
-    sink = _activity_sink
-    if sink is not None:
-        sink(label)
-
-
-def _install_activity_sink(sink: Callable[[str], None] | None) -> None:
-    """Used by platforms inside a freshly started function."""
-    global _activity_sink
-    _activity_sink = sink

@@ -8,7 +8,8 @@ job's storage, and reads from there what the client wants of it:
   ``claim``   created once, with create-only semantics, by the first attempt of the function;
               a retried invocation finds it taken and exits without touching the job's keys
   ``status``  JSON: ``state`` (started, running, done, failed, cancelled), timestamps,
-              heartbeats, peak memory, billed milliseconds and, on failure, the traceback
+              heartbeats, peak memory, billed milliseconds and, on failure, its ``reason``, the
+              traceback and whether the error is ``transient`` (a relaunch may cure it)
   ``abort``   written by the client to stop the function (cancel)
 
 ``control/payload/{sha256}`` holds the parts of an invocation payload too big for the platform's
@@ -32,11 +33,12 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from funcpipe.errors import ConfigError, KeyExists, KeyNotFound, StorageError
+from funcpipe.platforms.failures import is_transient
 from funcpipe.storage import open_storage
 from funcpipe.storage.base import Storage
 from funcpipe.storage.prefixed import PrefixedStorage
@@ -258,6 +260,35 @@ def job_ended(shared: Storage, abort_key: str) -> str | None:
     return None
 
 
+def job_over(
+    shared: Storage, keys: ControlKeys, job_id: str, *, wrote: Sequence[str] = ()
+) -> str | None:
+    """Why this function must exit without doing anything ("cancelled", "job deleted"), or None.
+
+    The function side's check, before it runs and again when it failed (a call that starts as
+    its job is deleted finds its package gone, which is no failure of its own): see
+    :func:`job_ended`. Storage trouble answers None, so the caller goes on or reports its own
+    error. Once the job is deleted, the keys this attempt wrote (``wrote``) are removed again,
+    so a job that is gone stays gone.
+    """
+    try:
+        why = job_ended(shared, keys.abort)
+    except Exception:
+        return None
+    if why is None:
+        return None
+    if why == "job deleted":
+        for key in wrote:
+            with contextlib.suppress(Exception):
+                shared.delete(key)
+    print(
+        f"funcpipe: job {job_id!r} ended before {keys.prefix} could run ({why}); this function "
+        "exits without doing anything",
+        flush=True,
+    )
+    return why
+
+
 #: Exit status of a function stopped by its client (abort key, or the job deleted under it).
 CANCELLED_EXIT = 3
 
@@ -342,7 +373,7 @@ class FunctionGuard:
             return
         reason = "memory" if isinstance(exc, MemoryError) else "error"
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self.write("failed", reason=reason, error=text[-20000:])
+        self.write("failed", reason=reason, error=text[-20000:], transient=is_transient(exc))
 
     def _watch(self) -> None:
         next_beat = time.monotonic() + self.heartbeat_s

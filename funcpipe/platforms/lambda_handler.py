@@ -146,30 +146,16 @@ def _job_ended(
 ) -> str | None:
     """``cancelled`` or ``gone`` when the job ended before this function could run, else None.
 
-    ``written``: this attempt already wrote its claim and status; they are removed again so a job
-    that is gone stays gone (its client already deleted everything else).
+    ``written``: this attempt already wrote its claim and status; they are removed again if the
+    job is gone (see :func:`funcpipe.platforms.control.job_over`).
     """
-    import contextlib
-
     from funcpipe.platforms import control
 
-    try:
-        why = control.job_ended(shared, keys.abort)
-    except Exception:  # storage unreachable: report the original problem instead
-        return None
+    wrote = (keys.status, keys.claim) if written else ()
+    why = control.job_over(shared, keys, package.get("job_id", "?"), wrote=wrote)
     if why is None:
         return None
-    state = "cancelled" if why == "cancelled" else "gone"
-    if state == "gone" and written:
-        for key in (keys.status, keys.claim):
-            with contextlib.suppress(Exception):
-                shared.delete(key)
-    print(
-        f"funcpipe: job {package.get('job_id')!r} ended before {keys.prefix} could run "
-        f"({why}); this function exits without doing anything",
-        flush=True,
-    )
-    return state
+    return "cancelled" if why == "cancelled" else "gone"
 
 
 def _exit_for_state(state: str) -> int:

@@ -17,23 +17,21 @@ the localhost backend also kills its process.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
 import os
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from funcpipe.errors import ConfigError, FuncPipeError
-from funcpipe.platforms import control
-from funcpipe.platforms.base import FunctionSpec, Invocation, InvocationState, Platform, Status
-from funcpipe.storage.base import Storage
+from funcpipe.errors import ConfigError
+from funcpipe.platforms import control, failures
+from funcpipe.platforms.base import FunctionSpec, Invocation, InvocationState, Reason, Status
+from funcpipe.platforms.polled import PolledPlatform, PolledRun, not_a_package
 
 __all__ = ["LithopsPlatform"]
 
@@ -46,22 +44,19 @@ def run_in_lithops(payload: str, abort_poll_s: float = 1.0) -> dict[str, Any] | 
     invoked_at = time.time()
     package = json.loads(payload)
     root, shared = control.job_storage(package["storage_url"], package["job_id"])
-    abort = control.ControlKeys.of(package).abort
-    done = control.watch_abort(shared, abort, poll_s=abort_poll_s)
+    keys = control.ControlKeys.of(package)
+    done = control.watch_abort(shared, keys.abort, poll_s=abort_poll_s)
     try:
         from funcpipe.runtime.function import run
 
-        if (why := control.job_ended(shared, abort)) is not None:
-            print(f"funcpipe: the job ended before this function ran ({why}); exiting", flush=True)
+        if control.job_over(shared, keys, package["job_id"]) is not None:
             return None
         try:
             return run(package, invoked_at=invoked_at)
         except Exception:
             # A queued call that starts as its job is deleted finds its package gone: no failure.
-            with contextlib.suppress(Exception):
-                if (why := control.job_ended(shared, abort)) is not None:
-                    print(f"funcpipe: the job ended under this function ({why})", flush=True)
-                    return None
+            if control.job_over(shared, keys, package["job_id"]) is not None:
+                return None
             raise
     finally:
         done.set()
@@ -94,17 +89,12 @@ def load_config(config: dict[str, Any] | str | Path | None) -> dict[str, Any]:
 
 
 @dataclass
-class _Run:
-    inv: Invocation
-    future: Any
-    shared: Storage
-    abort_key: str
-    started_at: float
-    final: InvocationState | None = None
-    checked_at: float = 0.0
+class _Run(PolledRun):
+    future: Any = None  # the call's Lithops future
+    reported: InvocationState | None = None  # how Lithops says the call ended
 
 
-class LithopsPlatform(Platform):
+class LithopsPlatform(PolledPlatform[_Run]):
     """Functions as Lithops calls; ``config`` is a Lithops config dict or config file path.
 
     ``poll_s`` bounds how often a running call's status is looked up (each look-up is a read of
@@ -112,6 +102,8 @@ class LithopsPlatform(Platform):
     each call (Lithops' ``extra_env``), e.g. the HMAC keys a remote backend's functions need for
     FuncPipe's S3-protocol storage; the localhost backend inherits the client's environment.
     """
+
+    timeout_grace_s = TIMEOUT_GRACE_S
 
     def __init__(
         self,
@@ -121,6 +113,7 @@ class LithopsPlatform(Platform):
         abort_poll_s: float = 1.0,
         forward_env: tuple[str, ...] = (),
     ) -> None:
+        super().__init__(poll_s=poll_s)
         self.config = load_config(config)
         lithops_section = self.config.setdefault("lithops", {})
         self.backend = lithops_section.setdefault("backend", "localhost")
@@ -131,7 +124,7 @@ class LithopsPlatform(Platform):
             self.config["localhost"] = local
             # The interpreter running FuncPipe, not whatever `python` is first on PATH.
             local.setdefault("runtime", sys.executable)
-        self.poll_s, self.abort_poll_s = poll_s, abort_poll_s
+        self.abort_poll_s = abort_poll_s
         missing = [name for name in forward_env if name not in os.environ]
         if missing:
             raise ConfigError(
@@ -141,10 +134,6 @@ class LithopsPlatform(Platform):
         self.forward_env = tuple(forward_env)
         self._executor: Any = None
         self.slots = 0  # calls the current executor runs at once
-        self._lock = threading.RLock()
-        self._runs: dict[int, _Run] = {}
-        self._stores: dict[tuple[str, str], tuple[Storage, Storage]] = {}
-        self._closed = False
 
     @classmethod
     def from_env(cls) -> LithopsPlatform:
@@ -185,7 +174,7 @@ class LithopsPlatform(Platform):
                 f"this Lithops platform runs {active} functions of another job with "
                 f"{self.slots} slots, and this job needs {needed}; use another LithopsPlatform"
             )
-        self._shutdown_executor()
+        self._shutdown()
         import lithops
 
         config = copy.deepcopy(self.config)
@@ -200,7 +189,7 @@ class LithopsPlatform(Platform):
         self.slots = max(needed, user or 0) if self.backend == "localhost" else (user or needed)
         return self._executor
 
-    def _shutdown_executor(self) -> None:
+    def _shutdown(self) -> None:
         ex, self._executor = self._executor, None
         if ex is None:
             return
@@ -210,29 +199,18 @@ class LithopsPlatform(Platform):
         except Exception as exc:  # never hide the error that made us close
             print(f"funcpipe: closing the Lithops executor failed: {exc}", file=sys.stderr)
 
-    def _storage(self, url: str, job_id: str) -> Storage:
-        if (url, job_id) not in self._stores:
-            self._stores[(url, job_id)] = control.job_storage(url, job_id)
-        return self._stores[(url, job_id)][1]
-
     # --- Platform API -----------------------------------------------------------------------
 
-    def start(self, spec: FunctionSpec, payload: bytes) -> Invocation:  # type: ignore[override]
-        if self._closed:
-            raise FuncPipeError("this LithopsPlatform is closed; create a new one")
+    def start(self, spec: FunctionSpec, payload: bytes) -> Invocation:
+        self._check_open()
         self.limits.check(spec)
-        text = payload.decode() if isinstance(payload, bytes | bytearray) else str(payload)
+        job = self._read_package(spec, payload)
         try:
-            package = json.loads(text)
-            needed = plan_functions(package["plan"])
-            keys = control.ControlKeys.of(package)
-            url, job_id = package["storage_url"], package["job_id"]
+            needed = plan_functions(job.package["plan"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(
-                f"function {spec.name!r}: the payload is not a FuncPipe function package ({exc})"
-            ) from exc
+            raise not_a_package(spec, exc) from exc
         if self.backend != "localhost":
-            control.check_reachable(url, f"Lithops' {self.backend} backend")
+            control.check_reachable(job.storage_url, f"Lithops' {self.backend} backend")
         with self._lock:
             active = sum(1 for r in self._runs.values() if self._state(r).status is Status.RUNNING)
             ex = self._ensure_executor(needed, active)
@@ -242,112 +220,59 @@ class LithopsPlatform(Platform):
                     f"Lithops executor with {self.slots} slots; it would wait for a slot while "
                     "its peers wait for it. Run fewer jobs at once on one LithopsPlatform"
                 )
-            shared = self._storage(url, job_id)
+            shared = self._storage(job.storage_url, job.job_id)
             options: dict[str, Any] = {"timeout": math.ceil(spec.timeout_s)}
             if self.backend != "localhost":  # localhost has no memory setting
                 options["runtime_memory"] = spec.memory_mb
             if self.forward_env:
                 options["extra_env"] = {name: os.environ[name] for name in self.forward_env}
             future = ex.call_async(
-                run_in_lithops, (text, self.abort_poll_s), include_modules=None, **options
+                run_in_lithops,
+                (bytes(payload).decode(), self.abort_poll_s),
+                include_modules=None,
+                **options,
             )
             inv = Invocation.new(spec)
-            self._runs[inv.id] = _Run(inv, future, shared, keys.abort, time.time())
+            self._add(_Run(inv, shared, job.keys, time.time(), future=future))
             return inv
 
-    def state(self, inv: Invocation) -> InvocationState:
-        with self._lock:
-            return self._state(self._run(inv))
+    # --- polling ----------------------------------------------------------------------------
 
-    def join(self, inv: Invocation, timeout: float) -> InvocationState:
-        end = time.monotonic() + max(0.0, timeout)
-        while True:
-            st = self.state(inv)
-            left = end - time.monotonic()
-            if st.done or left <= 0:
-                return st
-            time.sleep(min(self.poll_s, left))
+    def _stop(self, run: _Run) -> str:
+        """On localhost, kill the call's process too (elsewhere it stops at its abort key)."""
+        if self.backend != "localhost" or self._executor is None:
+            return ""
+        try:
+            self._executor.compute_handler.clear(job_keys=[run.future.job_key], exception=True)
+        except Exception as exc:  # it still stops at its abort key
+            return f" (its process could not be killed: {exc})"
+        return ""
 
-    def cancel(self, inv: Invocation) -> None:
-        with self._lock:
-            run = self._run(inv)
-            if run.final is not None:
-                return
-            message = f"function {inv.name!r} was cancelled"
-            try:
-                run.shared.put(run.abort_key, b"{}")
-            except Exception as exc:
-                message += f" (its abort key could not be written: {exc})"
-            if self.backend == "localhost" and self._executor is not None:
-                try:
-                    self._executor.compute_handler.clear(
-                        job_keys=[run.future.job_key], exception=True
-                    )
-                except Exception as exc:  # it still stops at its abort key
-                    message += f" (its process could not be killed: {exc})"
-            run.final = InvocationState(Status.CANCELLED, "cancelled", message)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for run in self._runs.values():
-                if run.final is None:
-                    self.cancel(run.inv)
-            self._shutdown_executor()
-            for root, _ in self._stores.values():
-                root.close()
-            self._stores.clear()
-
-    def invocations(self) -> list[Invocation]:
-        with self._lock:
-            return [r.inv for r in self._runs.values()]
-
-    # --- internals --------------------------------------------------------------------------
-
-    def _run(self, inv: Invocation) -> _Run:
-        run = self._runs.get(inv.id)
-        if run is None or run.inv != inv:
-            raise ConfigError(
-                f"invocation {inv.id} of function {inv.name!r} was not started by this platform"
-            )
-        return run
-
-    def _state(self, run: _Run) -> InvocationState:
-        if run.final is not None:
-            return run.final
-        now = time.time()
+    def _poll(self, run: _Run) -> None:
         spec, fut = run.inv.spec, run.future
-        if now - run.checked_at >= self.poll_s:
-            run.checked_at = now
-            storage = self._executor.internal_storage if self._executor is not None else None
-            try:
-                status = fut.status(throw_except=False, internal_storage=storage, check_only=True)
-                if status is not None:
-                    fut.status(throw_except=False, internal_storage=storage)
-            except Exception as exc:
-                run.final = InvocationState(
-                    Status.FAILED,
-                    "crash",
-                    f"function {spec.name!r}: Lithops could not report its status: "
-                    f"{type(exc).__name__}: {exc}",
-                )
-                return run.final
-            if fut.error:
-                run.final = _failure(spec, fut)
-            elif fut.success or fut.done:
-                run.final = InvocationState(Status.SUCCEEDED)
-            if run.final is not None:
-                return run.final
-        if now - run.started_at > spec.timeout_s + TIMEOUT_GRACE_S:
-            run.final = InvocationState(
+        storage = self._executor.internal_storage if self._executor is not None else None
+        try:
+            status = fut.status(throw_except=False, internal_storage=storage, check_only=True)
+            if status is not None:
+                fut.status(throw_except=False, internal_storage=storage)
+        except Exception as exc:
+            run.reported = InvocationState(
                 Status.FAILED,
-                "timeout",
-                f"function {spec.name!r} ran past its timeout of {spec.timeout_s:g} s and "
-                "Lithops reported nothing; give it a longer timeout_s or less work per function",
+                Reason.CRASH,
+                f"function {spec.name!r}: Lithops could not report its status: "
+                f"{type(exc).__name__}: {exc}",
             )
-            return run.final
+            return
+        if fut.error:
+            run.reported = _failure(spec, fut)
+        elif fut.success or fut.done:
+            run.reported = InvocationState(Status.SUCCEEDED)
+
+    def _classify(self, run: _Run, now: float) -> InvocationState:
+        if run.reported is not None:
+            return run.reported
+        if self._overdue(run, now):
+            return failures.timed_out(run.inv.spec, "and Lithops reported nothing")
         return InvocationState(Status.RUNNING)
 
 
@@ -355,21 +280,11 @@ def _failure(spec: FunctionSpec, fut: Any) -> InvocationState:
     """The function's own exception (with its traceback from the worker) as a failed state."""
     exc_type, exc, tb = fut._exception  # Lithops keeps (type, value, traceback) of the call
     if isinstance(exc, TimeoutError) and "maximum time" in str(exc):
-        return InvocationState(
-            Status.FAILED,
-            "timeout",
-            f"function {spec.name!r} ran past its timeout of {spec.timeout_s:g} s and Lithops "
-            "killed it; give it a longer timeout_s or less work per function",
-        )
+        return failures.timed_out(spec, "and Lithops killed it")
     try:
         text = "".join(traceback.format_exception(exc_type, exc, tb))
     except Exception:
         text = f"{getattr(exc_type, '__name__', exc_type)}: {exc}"
     if isinstance(exc, MemoryError):
-        return InvocationState(
-            Status.FAILED,
-            "memory",
-            f"function {spec.name!r} exceeded its memory of {spec.memory_mb} MB; raise "
-            f"memory_mb or give the stage less work\n{text}",
-        )
-    return InvocationState(Status.FAILED, "error", f"function {spec.name!r} raised:\n{text}")
+        return failures.out_of_memory(spec, detail=text)
+    return failures.raised(spec, text, transient=failures.is_transient(exc))

@@ -23,7 +23,7 @@ class PrefixedStorage(Storage):
     def __repr__(self) -> str:
         return f"PrefixedStorage({self.inner!r}, {self.prefix[:-1]!r})"
 
-    @property  # type: ignore[override]
+    @property
     def on_extra_request(self) -> Callable[[str, int], None] | None:
         """The hook lives on the storage that sends the requests."""
         return self.inner.on_extra_request

@@ -313,7 +313,7 @@ class S3Storage(Storage):
             self._put_parts(key, view, overwrite)
             return
         body = data if isinstance(data, bytes) else view.tobytes()
-        where = {"Bucket": self.options.bucket, "Key": self._key(key), "Body": body}
+        where: dict[str, Any] = {"Bucket": self.options.bucket, "Key": self._key(key), "Body": body}
         if overwrite:
             self._call("PUT", key, "put_object", **where)
         else:
@@ -322,7 +322,7 @@ class S3Storage(Storage):
     def _put_parts(self, key: str, view: memoryview, overwrite: bool = True) -> None:
         """Multipart upload, parts in parallel; the object appears whole at the completion
         (which is the conditional write of a create-only put)."""
-        where = {"Bucket": self.options.bucket, "Key": self._key(key)}
+        where: dict[str, Any] = {"Bucket": self.options.bucket, "Key": self._key(key)}
         upload = self._call("PUT", key, "create_multipart_upload", **where)["UploadId"]
         part = self._upload_part
 
@@ -359,7 +359,7 @@ class S3Storage(Storage):
         """Ranged GETs in parallel: the first tells the size and version (ETag), the rest
         require that same version (If-Match), so a rewrite in between restarts the read instead
         of mixing two versions. An object rewritten under every try is read in one GET."""
-        where = {"Bucket": self.options.bucket, "Key": self._key(key)}
+        where: dict[str, Any] = {"Bucket": self.options.bucket, "Key": self._key(key)}
         part = self._part
         for _ in range(2):
             try:
@@ -386,7 +386,7 @@ class S3Storage(Storage):
         return self._call("GET", key, "get_object", then=_read_body, **where)
 
     def _fetch_range(
-        self, key: str, where: dict[str, str], etag: str, buf: bytearray, part: int, offset: int
+        self, key: str, where: dict[str, Any], etag: str, buf: bytearray, part: int, offset: int
     ) -> None:
         end = min(len(buf), offset + part) - 1
         chunk = self._call(

@@ -6,6 +6,7 @@ import pytest
 
 from funcpipe import Plan, Stage
 from funcpipe.errors import ConfigError
+from funcpipe.platform_profiles import ALIBABA_FC, AWS_LAMBDA
 
 
 def test_valid_plan_helpers() -> None:
@@ -47,7 +48,7 @@ def test_invalid_plans(kwargs: dict, match: str) -> None:
         (dict(start=0, end=3, replicas=0), r"replicas: must be >= 1"),
         (dict(start=3, end=3), r"end \(3\) must be greater than start"),
         (dict(start=-1, end=3), r"start: must be >= 0"),
-        (dict(start=0, end=3, memory_mb=64), r"memory_mb: must be between 128 and 10240"),
+        (dict(start=0, end=3, memory_mb=0), r"memory_mb: must be a positive number of MB"),
         (dict(start=0, end=3, memroy_mb=64), r"memroy_mb"),
     ],
 )
@@ -111,3 +112,28 @@ def test_integer_like_values_are_accepted() -> None:
     np = pytest.importorskip("numpy")
     stage = Stage(start=np.int64(0), end=np.int32(3), replicas=2)
     assert stage.end == 3 and type(stage.end) is int
+
+
+def test_the_memory_range_is_the_platforms() -> None:
+    """A plan takes any positive size; each platform's limits say what it runs (Alibaba FC up to
+    32 GB, Lambda up to 10,240 MB), naming the stage, the range and the fix."""
+    small, large = Stage(start=0, end=2, memory_mb=2048), Stage(start=2, end=4, memory_mb=32768)
+    plan = Plan(stages=[small, large])
+    ALIBABA_FC.limits.check_plan(plan, ALIBABA_FC.name)
+    with pytest.raises(
+        ConfigError,
+        match=r"stages\[1\].memory_mb=32768 is outside aws-lambda's range 128..10240 MB; pick",
+    ):
+        AWS_LAMBDA.limits.check_plan(plan, AWS_LAMBDA.name)
+    assert Plan.from_json(plan.to_json()) == plan  # a 32 GB plan's JSON reads back
+    with pytest.raises(ConfigError, match=r"stages\[0\].memory_mb=200 is not a multiple of"):
+        ALIBABA_FC.limits.check_plan(Plan.even(2, stages=1, memory_mb=200), "alibaba-fc")
+    with pytest.raises(ConfigError, match="outside this platform's range 128..10240"):
+        AWS_LAMBDA.limits.check_plan(Plan.even(2, stages=1, memory_mb=64))
+
+
+def test_old_plan_imports_still_work() -> None:
+    from funcpipe.planning import plan as old
+
+    assert old.Plan is Plan and old.Stage is Stage
+    assert (old.MIN_MEMORY_MB, old.MAX_MEMORY_MB) == (128, 10240)  # Lambda's, for old callers

@@ -19,8 +19,8 @@ import time
 from collections.abc import Iterator
 
 from funcpipe.errors import ConfigError
-from funcpipe.planning.optimize import Candidate, Evaluator, Solution, infeasible_message
-from funcpipe.planning.plan import Plan
+from funcpipe.plan import Plan
+from funcpipe.planning.candidates import Candidate, Evaluator, Solution, infeasible_message
 from funcpipe.planning.space import SearchSpace
 
 METHODS = ("optimal", "exhaustive", "tpdmp", "lambdaml", "bayes", "random")

@@ -24,12 +24,12 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from funcpipe.errors import ConfigError, PlanInfeasible
+from funcpipe.errors import ConfigError
+from funcpipe.plan import Plan
 from funcpipe.planning.bound import (
     Link,
     Options,
@@ -40,7 +40,7 @@ from funcpipe.planning.bound import (
     plan_bound,
     prices_of,
 )
-from funcpipe.planning.plan import Plan
+from funcpipe.planning.candidates import Candidate, Evaluator, Solution, infeasible_message
 from funcpipe.planning.space import (
     DEFAULT_MAX_GROUPS,
     DEFAULT_MAX_MICRO_BATCHES,
@@ -55,42 +55,6 @@ DEFAULT_TIME_LIMIT_S = 25.0
 # the bound (seen: 5e-6 relative); bounds are relaxed by this much before they prune.
 SLACK = 1e-3
 DEFAULT_WEIGHTS = (1.0, 0.001)  # USD per iteration, USD per second of iteration time
-
-
-@dataclass
-class Candidate:
-    """A simulated plan: its prediction, objective and bound, and any limit it breaks."""
-
-    plan: Plan
-    prediction: Any
-    objective: float
-    bound: float
-    violation: str | None = None
-
-    @property
-    def feasible(self) -> bool:
-        return self.violation is None
-
-
-@dataclass
-class Solution:
-    """What a search returns: the best plan and how it was found."""
-
-    method: str
-    best: Candidate | None
-    candidates: list[Candidate]
-    solve_s: float
-    predictions: int
-    space: SearchSpace
-    nodes: int = 0
-    note: str = ""
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def plan(self) -> Plan:
-        if self.best is None:
-            raise PlanInfeasible(self.note or f"{self.method}: no plan satisfies the limits")
-        return self.best.plan
 
 
 def resolve_platform(platform: Any) -> Any:
@@ -109,42 +73,6 @@ def default_predictor(profile: Any, platform: Any, batch_size: int) -> Callable[
         return predict(plan, profile, platform, batch_size=batch_size)
 
     return run
-
-
-class Evaluator:
-    """Simulates plans once each and scores them against the weights and limits."""
-
-    def __init__(self, predictor: Callable[[Plan], Any], weights: Weights, limits: Limits) -> None:
-        self.predictor = predictor
-        self.weights = weights
-        self.limits = limits
-        self.cache: dict[str, Candidate] = {}
-
-    @property
-    def count(self) -> int:
-        return len(self.cache)
-
-    def __call__(self, plan: Plan, bound: float = 0.0) -> Candidate:
-        key = plan.model_dump_json()
-        if key in self.cache:
-            return self.cache[key]
-        pred = self.predictor(plan)
-        obj = self.weights.of(pred.cost_usd, pred.time_s)
-        violation = self.limits.violation(plan.num_functions, pred.time_s, pred.cost_usd)
-        over = _memory_violation(plan, pred)
-        cand = Candidate(plan, pred, obj, bound, violation or over)
-        self.cache[key] = cand
-        return cand
-
-
-def _memory_violation(plan: Plan, pred: Any) -> str | None:
-    mems = getattr(pred, "memory_mb", None)
-    if mems is None:
-        return None
-    for s, (stage, need) in enumerate(zip(plan.stages, mems, strict=False)):
-        if need > stage.memory_mb:
-            return f"stage {s} needs {need:.0f} MB > its {stage.memory_mb} MB"
-    return None
 
 
 def check_inputs(weights: Sequence[float], limits: Limits) -> Weights:
@@ -166,27 +94,6 @@ def check_inputs(weights: Sequence[float], limits: Limits) -> Weights:
     if limits.deadline is not None and not limits.deadline > 0:
         raise ConfigError(f"deadline must be > 0 seconds per iteration, got {limits.deadline}")
     return Weights(a1, a2)
-
-
-def infeasible_message(limits: Limits, space: SearchSpace, closest: Candidate | None) -> str:
-    """Name the limit(s) no plan meets, with the closest plan's figures."""
-    named = []
-    if limits.max_functions is not None:
-        named.append(f"max_functions={limits.max_functions}")
-    if limits.budget is not None:
-        named.append(f"budget=${limits.budget:g} per iteration")
-    if limits.deadline is not None:
-        named.append(f"deadline={limits.deadline:g} s per iteration")
-    what = " and ".join(named) if named else "the memory limit"
-    msg = f"no plan meets {what}"
-    if closest is not None:
-        p = closest.prediction
-        msg += (
-            f"; the closest simulated plan ({closest.plan.num_stages} stages, "
-            f"{closest.plan.num_functions} functions) {closest.violation} "
-            f"(time {p.time_s:.3f} s, cost ${p.cost_usd:.6f} per iteration)"
-        )
-    return msg + "; relax the limit"
 
 
 class _Node:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from funcpipe.errors import ConfigError, PlanInfeasible
+from funcpipe.plan import Plan, Stage
 from funcpipe.planning.memory import stage_memory_mb
-from funcpipe.planning.plan import MAX_MEMORY_MB, MIN_MEMORY_MB, Plan, Stage
 
 DEFAULT_MAX_GROUPS = 8
 DEFAULT_MAX_MICRO_BATCHES = 32
@@ -106,7 +106,7 @@ class SearchSpace:
 
 def runtime_base_mb(profile: Any, platform: Any) -> float:
     """The runtime's own footprint: the platform's measured figure, else the profile's."""
-    base = getattr(platform, "runtime_base_mb", None)
+    base: Any = getattr(platform, "runtime_base_mb", None)
     if base is None:
         base = getattr(profile, "runtime_base_mb", 0.0)
     return float(base)
@@ -137,12 +137,7 @@ def build_space(
     choices = tuple(sorted(set(memory_choices or platform.memory_choices_mb)))
     if not choices:
         raise ConfigError("memory_choices is empty: give at least one function memory size")
-    bad = [m for m in choices if not MIN_MEMORY_MB <= m <= MAX_MEMORY_MB]
-    if bad:
-        raise ConfigError(
-            f"memory choices {bad} are outside {MIN_MEMORY_MB}..{MAX_MEMORY_MB} MB, the range a "
-            "Plan accepts"
-        )
+    _check_memory_choices(choices, platform)
     counts = divisors(batch_size, max_micro_batches)
     if micro_batch_counts is not None:
         bad = [m for m in micro_batch_counts if m < 1 or batch_size % m]
@@ -156,6 +151,19 @@ def build_space(
     space = SearchSpace(profile, platform, batch_size, bounds, counts, choices, max_replicas)
     _check_layers_fit(space)
     return space
+
+
+def _check_memory_choices(choices: Sequence[int], platform: Any) -> None:
+    """Every size must lie in the platform's own range (Lambda stops at 10,240 MB, Alibaba FC
+    goes to 32 GB); a platform without limits only needs positive sizes. The step is left to the
+    caller: a size between a platform's steps may still be worth predicting."""
+    limits = getattr(platform, "limits", None)
+    lo, hi = (1, math.inf) if limits is None else (limits.min_memory_mb, limits.max_memory_mb)
+    bad = [m for m in choices if not lo <= m <= hi]
+    if bad:
+        name = getattr(platform, "name", "the platform")
+        where = "positive" if limits is None else f"inside {name}'s range {lo}..{hi} MB"
+        raise ConfigError(f"memory choices {bad} must be {where}; drop them from memory_choices")
 
 
 def _layer_need(profile: Any, platform: Any, layer: int, micro_batch: int) -> float:

@@ -17,7 +17,7 @@ import signal
 import time
 from typing import Any
 
-from funcpipe.platforms import base as platform_base
+from funcpipe.runtime import activity as platform_base
 
 ENV = "FUNCPIPE_FAILPOINTS"
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from funcpipe.errors import KeyNotFound
-from funcpipe.platforms import base as platform_base
+from funcpipe.runtime import activity as platform_base
 from funcpipe.storage.base import Storage
 
 __all__ = ["CLIENT_GONE_EXIT", "FunctionHeartbeat", "function_key"]

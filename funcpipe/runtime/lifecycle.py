@@ -21,9 +21,9 @@ from typing import Any
 from torch import nn
 
 from funcpipe.errors import KeyNotFound
-from funcpipe.platforms.base import set_activity
 from funcpipe.runtime import checkpoint as ckpt
 from funcpipe.runtime import failpoints, keys
+from funcpipe.runtime.activity import set_activity
 from funcpipe.runtime.executor import Executor
 from funcpipe.runtime.heartbeat import FunctionHeartbeat
 from funcpipe.runtime.stage import StageRunner

@@ -6,12 +6,14 @@ import dataclasses
 import os
 
 import pytest
+from planner_fakes import FakePredictor, FakeProfile
 
 from funcpipe import Plan
 from funcpipe.client.pricing import AWS_LAMBDA, Pricing
-from funcpipe.errors import ConfigError
+from funcpipe.errors import ConfigError, PlanInfeasible
 from funcpipe.planning import platforms
 from funcpipe.planning.platforms import get_platform, measured_runtime
+from funcpipe.platform_profiles import runtime_base
 from funcpipe.platforms.base import PlatformLimits
 from funcpipe.storage.throttle import LinkConfig
 
@@ -85,7 +87,7 @@ def test_runtime_base_is_measured_and_cached(tmp_path, monkeypatch) -> None:
     assert 50 < figures["rss_mb"] < 2000  # an interpreter with torch loaded
     assert get_platform("aws-lambda").runtime_base_mb == figures["rss_mb"]
     monkeypatch.setenv("FUNCPIPE_CACHE", str(tmp_path))
-    monkeypatch.setattr(platforms, "_measured", {"rss_mb": 123.0, "import_s": 1.0})
+    monkeypatch.setattr(runtime_base, "_measured", {"rss_mb": 123.0, "import_s": 1.0})
     assert get_platform("local").runtime_base_mb == 123.0
 
 
@@ -93,3 +95,56 @@ def test_background_probe_counts_competing_threads() -> None:
     assert platforms.background_tasks(0.05) >= 0.0
     busy = get_platform("local").replace(background_tasks=3.0)
     assert busy.background_tasks == 3.0 and busy.pricing == get_platform("local").pricing
+
+
+def test_the_profiles_are_plain_data_under_their_old_names() -> None:
+    """One source: the old modules hand out the very objects of funcpipe.platform_profiles."""
+    import funcpipe.platform_profiles as data
+    from funcpipe.client import pricing
+    from funcpipe.platforms import base
+
+    assert platforms.AWS_LAMBDA is data.AWS_LAMBDA and platforms.ALIBABA_FC is data.ALIBABA_FC
+    assert platforms.PlatformProfile is data.PlatformProfile
+    assert platforms.LinkProfile is data.LinkProfile and platforms.Prices is data.Prices
+    assert pricing.Pricing is data.Pricing and base.PlatformLimits is data.PlatformLimits
+    assert platforms.link_profile(LinkConfig(enabled=False)).up_bytes_s == 1e12
+
+
+def test_the_activity_sink_is_the_runtimes() -> None:
+    from funcpipe.platforms import base
+    from funcpipe.runtime import activity
+
+    assert base.set_activity is activity.set_activity
+    seen: list[str] = []
+    base._install_activity_sink(seen.append)
+    try:
+        base.set_activity("forward mb 0")
+    finally:
+        activity._install_activity_sink(None)
+    assert seen == ["forward mb 0"] and activity._activity_sink is None
+
+
+def _one_big_layer() -> FakeProfile:
+    """A one-layer model whose weights, gradients and Adam state need about 11.5 GB."""
+    return FakeProfile(fwd=[0.01], act=[1e4], params=[3e9], saved=[1e5])
+
+
+def test_optimize_plans_alibaba_functions_larger_than_lambdas() -> None:
+    """The default search space takes its sizes from the platform: on Alibaba FC the optimiser
+    may pick more than 10,240 MB (Lambda's most), and the plan passes Alibaba's limits."""
+    from funcpipe.planning.optimize import optimize
+
+    prof = _one_big_layer()
+    ali = get_platform("alibaba-fc")
+    plan = optimize(prof, ali, batch_size=4, predictor=FakePredictor(prof, ali, 4),
+                    max_micro_batches=2)  # fmt: skip
+    assert plan.stages[0].memory_mb > 10240
+    ali.limits.check_plan(plan, ali.name)
+    aws = get_platform("aws-lambda")
+    with pytest.raises(PlanInfeasible, match="largest function has 10240 MB"):
+        optimize(prof, aws, batch_size=4, predictor=FakePredictor(prof, aws, 4))
+    with pytest.raises(
+        ConfigError,
+        match=r"memory choices \[20480\] must be inside aws-lambda.s range 128..10240 MB",
+    ):
+        optimize(prof, aws, batch_size=4, memory_choices=[2048, 20480])

@@ -74,8 +74,8 @@ def timed_out(
     peak_mb: float | None = None,
     where_logs: str = "",
 ) -> InvocationState:
-    """The function ran past ``spec.timeout_s``; ``how`` says what became of it ("was killed")."""
-    how = f" {how}" if how else ""
+    """The function ran past ``spec.timeout_s``; ``how`` says what became of it, as it follows
+    the sentence (" and was killed")."""
     logs = f"; {where_logs}" if where_logs else ""
     return InvocationState(
         Status.FAILED,
@@ -95,9 +95,9 @@ def out_of_memory(
     peak_mb: float | None = None,
     detail: str = "",
 ) -> InvocationState:
-    """The function went over ``spec.memory_mb``; ``detail`` (its own report) goes below."""
+    """The function went over ``spec.memory_mb``; ``how`` follows the sentence (" and was
+    killed by the kernel"), ``detail`` (the function's own report) goes below it."""
     peak = f" (peak {peak_mb:.0f} MB)" if peak_mb is not None else ""
-    how = f" {how}" if how else ""
     below = f"\n{detail}" if detail else ""
     return InvocationState(
         Status.FAILED,

@@ -272,7 +272,7 @@ class LithopsPlatform(PolledPlatform[_Run]):
         if run.reported is not None:
             return run.reported
         if self._overdue(run, now):
-            return failures.timed_out(run.inv.spec, "and Lithops reported nothing")
+            return failures.timed_out(run.inv.spec, " and Lithops reported nothing")
         return InvocationState(Status.RUNNING)
 
 
@@ -280,7 +280,7 @@ def _failure(spec: FunctionSpec, fut: Any) -> InvocationState:
     """The function's own exception (with its traceback from the worker) as a failed state."""
     exc_type, exc, tb = fut._exception  # Lithops keeps (type, value, traceback) of the call
     if isinstance(exc, TimeoutError) and "maximum time" in str(exc):
-        return failures.timed_out(spec, "and Lithops killed it")
+        return failures.timed_out(spec, " and Lithops killed it")
     try:
         text = "".join(traceback.format_exception(exc_type, exc, tb))
     except Exception:

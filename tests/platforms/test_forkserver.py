@@ -20,8 +20,8 @@ from torch import nn
 from funcpipe import Plan, Stage, train
 from funcpipe.errors import ConfigError
 from funcpipe.platforms import FunctionSpec, LocalPlatform, Status, set_activity
-from funcpipe.platforms.forkserver import forkserver
 from funcpipe.platforms.local import START_ENV
+from funcpipe.platforms.local.forkserver import forkserver
 from funcpipe.runtime.function import call_payload
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,9 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from funcpipe.platforms import local, local_child
-from funcpipe.platforms.local import LocalPlatform
-from funcpipe.platforms.local_child import ACT_SIZE, _activity_writer, read_activity
+from funcpipe.platforms.local import activity, runs
+from funcpipe.platforms.local.activity import ACT_SIZE, activity_writer, read_activity
 
 
 class _Killed(BaseException):
@@ -36,7 +35,7 @@ class _DiesAt(struct.Struct):
 def test_labels_round_trip() -> None:
     buf = mmap.mmap(-1, ACT_SIZE)
     assert read_activity(buf) is None
-    write = _activity_writer(buf)
+    write = activity_writer(buf)
     for label in ["forward mb 0", "backward mb 3", "x" * 2000, "é"]:
         write(label)
         assert read_activity(buf) == label[:504]
@@ -47,22 +46,21 @@ def test_labels_round_trip() -> None:
 )
 def test_kill_mid_write_keeps_the_previous_label(monkeypatch, n: int, done: bool) -> None:
     buf = mmap.mmap(-1, ACT_SIZE)
-    write = _activity_writer(buf)
+    write = activity_writer(buf)
     write("forward mb 0")
     write("backward mb 3")
-    header = local_child._ACT_HEADER
-    monkeypatch.setattr(local_child, "_ACT_HEADER", _DiesAt(header.format, n, done))
+    header = activity._ACT_HEADER
+    monkeypatch.setattr(activity, "_ACT_HEADER", _DiesAt(header.format, n, done))
     with pytest.raises(_Killed):
         write("a label never finished")
-    monkeypatch.setattr(local_child, "_ACT_HEADER", header)
+    monkeypatch.setattr(activity, "_ACT_HEADER", header)
     assert read_activity(buf) == "backward mb 3"
 
 
 def test_parent_keeps_the_last_label_when_a_read_is_torn(monkeypatch) -> None:
     buf = mmap.mmap(-1, ACT_SIZE)
-    _activity_writer(buf)("recv act")
+    activity_writer(buf)("recv act")
     run = SimpleNamespace(activity=buf, last_activity=None)
-    platform = LocalPlatform.__new__(LocalPlatform)  # _activity needs no platform state
-    assert platform._activity(run) == "recv act"
-    monkeypatch.setattr(local, "read_activity", lambda _: None)  # a write in progress, or torn
-    assert platform._activity(run) == "recv act"
+    assert runs.Run.label(run) == "recv act"  # a label needs no process
+    monkeypatch.setattr(runs, "read_activity", lambda _: None)  # a write in progress, or torn
+    assert runs.Run.label(run) == "recv act"

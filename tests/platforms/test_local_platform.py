@@ -21,11 +21,11 @@ from funcpipe.platforms import (
     LocalPlatform,
     PlatformLimits,
     Status,
-    local,
     set_activity,
 )
-from funcpipe.platforms.cgroup_v1 import was_oom_killed
-from funcpipe.platforms.local_child import WATCH_INTERVAL_S, watch_interval_s
+from funcpipe.platforms.local import caps
+from funcpipe.platforms.local.cgroup_v1 import was_oom_killed
+from funcpipe.platforms.local.child import WATCH_INTERVAL_S, watch_interval_s
 from funcpipe.runtime.function import call_payload
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -501,14 +501,14 @@ def test_threads_can_join_and_poll_the_same_invocation(platform: LocalPlatform) 
 @needs_cgroups
 @pytest.mark.parametrize("fails_at", ["memory.limit_in_bytes", "cpu.cfs_quota_us"])
 def test_a_failed_cgroup_setup_leaves_no_group(monkeypatch, fails_at: str) -> None:
-    real_write = local.write_value
+    real_write = caps.write_value
 
     def write_value(path: str, value: object) -> None:
         if path.endswith(fails_at):
             raise OSError(f"cannot write {path}")
         real_write(path, value)
 
-    monkeypatch.setattr(local, "write_value", write_value)
+    monkeypatch.setattr(caps, "write_value", write_value)
     with LocalPlatform(memory_enforcement="cgroup", cpu_enforcement="cgroup") as p:
         with pytest.raises(FuncPipeError, match="cannot set up its cgroup"):
             p.start(FunctionSpec("f", 256), call_payload(lambda: None))

@@ -108,7 +108,7 @@ class ForkServer:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "funcpipe.platforms.forkserver", str(theirs.fileno())],
+                [sys.executable, "-m", "funcpipe.platforms.local.forkserver", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 start_new_session=True,  # Ctrl-C in the client's terminal is the client's
@@ -228,14 +228,14 @@ def _preload() -> None:
     import torch._dynamo  # noqa: F401 - an optimizer's first step imports it: seconds
     import torch.optim  # noqa: F401
 
-    import funcpipe.platforms.local_child  # noqa: F401
+    import funcpipe.platforms.local.child  # noqa: F401
     import funcpipe.runtime.function  # noqa: F401
     import funcpipe.runtime.worker  # noqa: F401
 
 
 def _child(request: dict[str, Any], fds: list[int], sock: socket.socket) -> None:
     """In the forked function: enter its sandbox, become the package's process, never return."""
-    from funcpipe.platforms import local_child
+    from funcpipe.platforms.local import child
 
     try:
         sock.close()
@@ -250,7 +250,7 @@ def _child(request: dict[str, Any], fds: list[int], sock: socket.socket) -> None
             with open(os.path.join(path, "cgroup.procs"), "w") as f:
                 f.write("0")
         os.setpgid(0, 0)
-        local_child.set_parent_death_signal()  # the server's end is the function's end
+        child.set_parent_death_signal()  # the server's end is the function's end
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -263,10 +263,10 @@ def _child(request: dict[str, Any], fds: list[int], sock: socket.socket) -> None
         _reseed()
         setup = dict(request["setup"])
         setup["report_fd"], setup["activity_fd"], setup["payload_fd"] = fds[:3]
-        local_child.main(["", json.dumps(setup)])  # ends the process
+        child.main(["", json.dumps(setup)])  # ends the process
     except BaseException as exc:  # noqa: BLE001 - report what went wrong before the payload ran
         with contextlib.suppress(Exception):
-            local_child._send_report(
+            child.send_report(
                 fds[0], {"kind": "setup", "message": f"could not set up its sandbox: {exc!r}"}
             )
     finally:

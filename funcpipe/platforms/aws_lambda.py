@@ -20,7 +20,7 @@ from typing import Any
 
 from funcpipe.errors import ConfigError, FuncPipeError
 from funcpipe.platform_profiles import AWS_LAMBDA as AWS_LAMBDA_PROFILE
-from funcpipe.platforms import control, failures
+from funcpipe.platforms import control, failures, offload
 from funcpipe.platforms.base import (
     FunctionSpec,
     Invocation,
@@ -172,7 +172,7 @@ class AwsLambdaPlatform(PolledPlatform[_Run]):
                 f"replica {keys.replica} already ran in job {job.job_id!r}; a relaunch needs a "
                 "new generation"
             )
-        event = control.fit_payload(
+        event = offload.fit_payload(
             job.package, shared, self.max_payload_bytes, what=f"function {spec.name!r}"
         )
         event = _with_control(event, self.heartbeat_s, self.abort_poll_s)

@@ -76,7 +76,7 @@ def handle(
     started_at = _LOADED_AT if _cold and entered - _LOADED_AT <= MAX_INIT_S else entered
     _cold = False
     from funcpipe.errors import ConfigError
-    from funcpipe.platforms import control
+    from funcpipe.platforms import control, offload
 
     if isinstance(event, str | bytes):
         event = json.loads(event)
@@ -101,7 +101,7 @@ def handle(
             print(f"funcpipe: {keys.prefix} was already claimed; this attempt exits", flush=True)
             return {"state": "duplicate", "attempt": attempt}
         try:
-            package = control.restore_payload(package, shared)
+            package = offload.restore_payload(package, shared)
         except Exception:
             # The job may have ended between the check above and the claim: then the payload is
             # gone with it, which is no failure of this function.

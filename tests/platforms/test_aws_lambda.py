@@ -187,6 +187,11 @@ def test_failures_come_from_the_records(aws, tmp_path) -> None:
     st = plat.state(inv)
     assert (st.status, st.reason) == (Status.FAILED, "error")
     assert "'stage0-replica0' raised" in st.message and "ValueError: shapes" in st.message
+    assert not st.transient
+
+    inv = plat.start(FunctionSpec("stage0-replica2", 1024, 60), _payload(tmp_path, replica=2))
+    _record(tmp_path, "failed", replica=2, reason="error", error="...", transient=True)
+    assert plat.state(inv).transient  # as the function's guard judged its exception
 
     inv = plat.start(FunctionSpec("stage0-replica1", 1024, 60), _payload(tmp_path, replica=1))
     _record(tmp_path, "running", replica=1, heartbeat_at=time.time() - 5, peak_mb=200.0)

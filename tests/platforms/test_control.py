@@ -1,4 +1,4 @@
-"""Control records in storage: create-only claims, payloads that fit, the function's guard."""
+"""Control records in storage: create-only claims, the function's guard and abort watch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 
-from funcpipe.errors import ConfigError
 from funcpipe.platforms import control
 from funcpipe.storage import MemoryStorage, open_storage
 
@@ -56,53 +55,6 @@ def test_concurrent_claims_have_exactly_one_winner(root) -> None:
     root.delete(key)
 
 
-def _package(**code) -> dict:
-    return {"job_id": "j", "stage": 1, "replica": 0, "generation": 2, "code": code}
-
-
-def test_small_payload_travels_as_is(tmp_path) -> None:
-    shared = open_storage(f"local://{tmp_path}")
-    pkg = _package(loss={"pickle": "QUJD", "tensors": "x" * 100})
-    event = json.loads(control.fit_payload(pkg, shared, 10_000, what="f"))
-    assert event == {"funcpipe": 1, "package": pkg}
-    assert shared.list("") == []
-
-
-def test_big_data_goes_to_storage_and_comes_back(tmp_path) -> None:
-    shared = open_storage(f"local://{tmp_path}")
-    blob = "T" * 50_000
-    pkg = _package(layers={"pickle": "P" * 3000, "tensors": blob}, loss={"import": "a.b:c"})
-    body = control.fit_payload(pkg, shared, 8_000, what="f")
-    assert len(body) <= 8_000
-    event = json.loads(body)
-    # The pickled code stays inside the payload; only the data moved.
-    assert event["package"]["code"]["layers"]["pickle"] == "P" * 3000
-    moved = event["package"]["code"]["layers"]["tensors"]
-    assert set(moved) == {control.OFFLOAD_MARK, "sha256"}
-    assert control.restore_payload(event["package"], shared) == pkg
-
-
-def test_tampered_part_is_refused(tmp_path) -> None:
-    shared = open_storage(f"local://{tmp_path}")
-    pkg = _package(layers={"pickle": "P", "tensors": "T" * 50_000})
-    event = json.loads(control.fit_payload(pkg, shared, 4_000, what="f"))
-    key = event["package"]["code"]["layers"]["tensors"][control.OFFLOAD_MARK]
-    shared.put(key, b"other bytes")
-    with pytest.raises(Exception, match="checksum"):
-        control.restore_payload(event["package"], shared)
-
-
-def test_pickled_code_over_the_limit_names_size_and_fix(tmp_path) -> None:
-    shared = open_storage(f"local://{tmp_path}")
-    pkg = _package(layers={"pickle": "P" * 300_000})
-    with pytest.raises(ConfigError) as err:
-        control.fit_payload(pkg, shared, 256 * 1024, what="function 'stage1-replica0'")
-    text = str(err.value)
-    assert "stage1-replica0" in text and "262144 bytes" in text
-    assert "300000 bytes of it are pickled code" in text and "code_ref" in text
-    assert shared.list("") == [] or all(k.startswith("control/payload/") for k in shared.list(""))
-
-
 def test_guard_writes_heartbeats_then_done(tmp_path) -> None:
     shared = open_storage(f"local://{tmp_path}")
     keys = control.ControlKeys(0, 0, 1)
@@ -134,6 +86,22 @@ def test_guard_records_the_traceback_of_a_failure(tmp_path) -> None:
     rec = json.loads(shared.get(keys.status))
     assert rec["state"] == "failed" and rec["reason"] == "error"
     assert "Traceback" in rec["error"] and "ValueError: bad layer shapes" in rec["error"]
+    assert rec["transient"] is False
+
+
+def test_guard_records_whether_a_relaunch_may_cure_the_error(tmp_path) -> None:
+    shared = open_storage(f"local://{tmp_path}")
+    keys = control.ControlKeys(0, 1, 0)
+    guard = control.FunctionGuard(shared, keys, attempt="a", started_at=time.time())
+    guard.start()
+    try:
+        try:
+            raise ConnectionResetError("peer reset")
+        except OSError as exc:
+            raise RuntimeError("could not send the activations") from exc
+    except RuntimeError as exc:
+        guard.finish(exc)
+    assert json.loads(shared.get(keys.status))["transient"] is True
 
 
 @pytest.mark.parametrize("why", ["abort", "job deleted", "deadline"])

@@ -91,6 +91,17 @@ def test_exception_is_error_with_traceback_and_name(platform: LocalPlatform) -> 
     assert st.activity == "step 7"
 
 
+def test_storage_trouble_is_a_transient_error(platform: LocalPlatform) -> None:
+    def fn() -> None:
+        from funcpipe.errors import StorageError
+
+        raise StorageError("S3 PUT of 'g0/act' failed: connection reset")
+
+    st = _run(platform, fn)
+    assert (st.status, st.reason, st.transient) == (Status.FAILED, "error", True)
+    assert not _run(platform, lambda: int("x")).transient  # the code's own error would recur
+
+
 def test_huge_traceback_does_not_block_the_function(platform: LocalPlatform) -> None:
     def fn() -> None:
         raise RuntimeError("x" * 300_000)

@@ -1,4 +1,10 @@
-"""Serverless platforms: where a job's functions run (an interface and one file per platform)."""
+"""Serverless platforms: where a job's functions run (an interface and a module or folder each).
+
+``base`` is the interface; ``local/`` emulates Lambda on this machine; ``aws_lambda`` and
+``lithops`` share ``polled`` (functions that report through the job's storage or a future);
+``failures`` words every failed state once; ``control`` and ``offload`` are the records and
+payload parts a cloud function and its client exchange through storage.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from funcpipe.platforms.base import (
     InvocationState,
     Platform,
     PlatformLimits,
+    Reason,
     Status,
     set_activity,
 )
@@ -28,6 +35,7 @@ __all__ = [
     "LocalPlatform",
     "Platform",
     "PlatformLimits",
+    "Reason",
     "Status",
     "set_activity",
 ]

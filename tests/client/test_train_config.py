@@ -31,11 +31,11 @@ def test_the_evaluation_schedule_is_checked_before_any_function_starts(
 ) -> None:
     checked = []
 
-    def refuse_eval(schedule):
+    def refuse_eval(schedule, *args, **kwargs):
         checked.append(schedule)
         if any(a.op is Op.EVAL_FORWARD for acts in schedule.values() for a in acts):
             raise ScheduleError("seeded: the evaluation schedule is refused")
-        return check_schedule(schedule)
+        return check_schedule(schedule, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "check_schedule", refuse_eval)
     monkeypatch.setattr(train_module, "run_job", _never)

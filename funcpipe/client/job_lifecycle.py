@@ -112,7 +112,7 @@ def run_job(config: TrainConfig, training: Schedule, evaluation: Schedule | None
             platform=plat,
             plan=plan,
             shared=shared,
-            make_payload=package_maker(config, code, layer_refs),
+            make_payload=package_maker(config, code, layer_refs, training, evaluation),
             feed=feeder.feed,
             total_steps=steps,
             timeout_s=timeout_s,

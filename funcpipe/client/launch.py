@@ -24,10 +24,11 @@ from funcpipe.client.generations import PackageMaker
 from funcpipe.client.resume import ResumePoint, find_resume_point
 from funcpipe.client.train_config import TrainConfig
 from funcpipe.errors import ConfigError
-from funcpipe.planning.plan import Plan
+from funcpipe.plan import Plan
 from funcpipe.platforms.base import Platform
 from funcpipe.runtime import keys
 from funcpipe.runtime.package import FunctionPackage, inline_ref, pack_object
+from funcpipe.schedule import Schedule, WorkerId
 from funcpipe.storage.base import Storage
 
 __all__ = [
@@ -133,9 +134,14 @@ def code_refs(config: TrainConfig) -> dict[str, Any]:
 
 
 def package_maker(
-    config: TrainConfig, code: dict[str, Any], layer_refs: list[dict[str, Any]]
+    config: TrainConfig,
+    code: dict[str, Any],
+    layer_refs: list[dict[str, Any]],
+    training: Schedule,
+    evaluation: Schedule | None = None,
 ) -> PackageMaker:
-    """``make(stage, replica, generation, first_step, settings)``: one function's package JSON."""
+    """``make(stage, replica, generation, first_step, settings)``: one function's package JSON,
+    carrying that function's checked action lists."""
     plan = config.plan
     plan_data = json.loads(plan.to_json())
     link = dataclasses.asdict(config.link) if config.link is not None else None
@@ -163,6 +169,8 @@ def package_maker(
                 overlap=config.overlap,
                 settings=extra,
                 data=data,
+                actions=[str(a) for a in training[WorkerId(s, r)]],
+                eval_actions=[str(a) for a in evaluation[WorkerId(s, r)]] if evaluation else [],
             )
             .to_json()
             .encode()

@@ -24,8 +24,14 @@ from funcpipe.client.results import StepStats, TrainResult
 from funcpipe.client.train_config import TrainConfig
 from funcpipe.plan import Plan
 from funcpipe.platforms.base import Platform
-from funcpipe.runtime.stage import LossFn, OptimizerFactory
-from funcpipe.schedule import Schedule, build_eval_schedule, build_schedule, check_schedule
+from funcpipe.runtime.stage import LossFn, OptimizerFactory, sync_size
+from funcpipe.schedule import (
+    Schedule,
+    build_eval_schedule,
+    check_schedule,
+    lane_widths,
+    lowered_schedule,
+)
 from funcpipe.storage.throttle import LinkConfig
 
 __all__ = [
@@ -135,21 +141,31 @@ def train(
         heartbeat_s=heartbeat_s,
         metadata=metadata,
     )
-    training, evaluation = _checked_schedules(config.plan, config.eval_micro_batches)
+    training, evaluation = _checked_schedules(config)
     return run_job(config, training, evaluation)
 
 
-def _checked_schedules(
-    plan: Plan, eval_micro_batches: int | None
-) -> tuple[Schedule, Schedule | None]:
-    """The training schedule and, when the job validates (``eval_micro_batches`` set), the
-    evaluation schedule, each checked before any function starts: no deadlock, every download
-    matched by an upload. The client feeds data by its own list (``schedule[CLIENT]``) of each.
+def _checked_schedules(config: TrainConfig) -> tuple[Schedule, Schedule | None]:
+    """What every function will run, checked before any function starts: the plan's schedule
+    lowered (its all-reduce cut as each stage's gradients are, a report ending each step) and,
+    when the job validates, the evaluation schedule; no deadlock, every download matched by an
+    upload. Each function receives its own list in its package; the client feeds data by its
+    own list (``schedule[CLIENT]``) of each.
     """
-    schedule = build_schedule(plan)
-    check_schedule(schedule)
+    plan, model = config.plan, config.model
+    sizes = [
+        sync_size([p for p in model[st.start : st.end].parameters() if p.requires_grad])
+        for st in plan.stages
+    ]
+    schedule = lowered_schedule(
+        plan,
+        [n for n, _ in sizes],
+        [b for _, b in sizes],
+        sync_algorithm=config.sync_algorithm,
+    )
+    check_schedule(schedule, lane_widths(config.sync_algorithm))
     evaluation = None
-    if eval_micro_batches is not None:
-        evaluation = build_eval_schedule(plan, eval_micro_batches)
-        check_schedule(evaluation)
+    if config.eval_micro_batches is not None:
+        evaluation = build_eval_schedule(plan, config.eval_micro_batches)
+        check_schedule(evaluation, lane_widths(config.sync_algorithm))
     return schedule, evaluation

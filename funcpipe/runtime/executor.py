@@ -218,6 +218,7 @@ class _Walk:
         )  # fmt: skip
         self.produced: dict[Action, Any] = {}  # compute results waiting to be uploaded
         self.exchange: SyncExchange | None = None
+        self.sync_from = 0.0
 
     def await_(self, fut: Future[Any], action: Action) -> Any:
         return self.ex._await(fut, action)
@@ -319,9 +320,12 @@ class _Walk:
         elif a.op is Op.SYNC_BEGIN:
             set_activity(f"gradient sync, step {step}")
             self.exchange = self._begin_sync(a, runner.flat_grads())
+            self.sync_from = t0
         elif a.op is Op.SYNC_END:
             runner.set_flat_grads(self._exchange(a).result)
             self.exchange = None
+            # one span for the whole all-reduce too, as the trace has always shown it
+            trace.record(Action(Op.SYNC, s), self.sync_from, time.time())
         elif a.op is Op.EVAL_FORWARD:
             value, _ = inputs[Op.LOAD_INPUT if runner.is_first else Op.RECV_ACT]
             set_activity(f"validation mb {b}, after step {step}")

@@ -72,6 +72,10 @@ class FunctionPackage:
     overlap: bool = True
     data: dict[str, Any] | None = None  # a data set in storage; None: the client feeds batches
     settings: dict[str, Any] = field(default_factory=dict)
+    # This function's lowered action lists as the client checked them, one action a line
+    # (funcpipe.schedule.parse_action reads them): what is checked is what runs.
+    actions: list[str] = field(default_factory=list)
+    eval_actions: list[str] = field(default_factory=list)
     version: int = PACKAGE_VERSION
 
     @property

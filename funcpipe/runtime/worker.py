@@ -15,13 +15,14 @@ from typing import Any
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from funcpipe.planning.plan import Plan
+from funcpipe.errors import ConfigError
+from funcpipe.plan import Plan
 from funcpipe.runtime import keys
-from funcpipe.runtime.executor import Executor
+from funcpipe.runtime.executor import Executor, StepTrace
 from funcpipe.runtime.lifecycle import Lifecycle
 from funcpipe.runtime.package import FunctionPackage, resolve
-from funcpipe.runtime.schedule import Action, Op, WorkerId, build_eval_schedule, build_schedule
 from funcpipe.runtime.stage import StageRunner
+from funcpipe.schedule.actions import Action, Op, WorkerId, parse_action
 from funcpipe.storage import open_storage
 from funcpipe.storage.base import Storage
 from funcpipe.storage.prefixed import PrefixedStorage
@@ -66,7 +67,7 @@ def run_package(pkg: FunctionPackage, *, invoked_at: float | None = None) -> dic
         )
         executor = Executor(
             worker,
-            build_schedule(plan)[worker],
+            _actions(pkg, "actions"),
             runner,
             storage,
             replicas=plan.stages[s].replicas,
@@ -75,7 +76,7 @@ def run_package(pkg: FunctionPackage, *, invoked_at: float | None = None) -> dic
             overlap=pkg.overlap,
             seed=pkg.seed,
             loader=_data_loader(pkg, link) if pkg.data is not None else None,
-            eval_actions=_eval_actions(pkg, plan, worker),
+            eval_actions=_actions(pkg, "eval_actions"),
             data_storage=shared,
         )
         life.restore(layers, runner)
@@ -106,11 +107,15 @@ def run_package(pkg: FunctionPackage, *, invoked_at: float | None = None) -> dic
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
 
 
-def _eval_actions(pkg: FunctionPackage, plan: Plan, worker: WorkerId) -> list[Action]:
-    spec = pkg.settings.get("eval")
-    if not spec:
-        return []
-    return build_eval_schedule(plan, int(spec["micro_batches"]))[worker]
+def _actions(pkg: FunctionPackage, which: str) -> list[Action]:
+    """This function's lowered list, as the client checked it (text, one action a line)."""
+    lines = getattr(pkg, which)
+    if which == "actions" and not lines:
+        raise ConfigError(
+            f"the package of {pkg.name} holds no action list: packages are made by "
+            "funcpipe.train, which checks every function's schedule and ships it"
+        )
+    return [parse_action(line) for line in lines]
 
 
 def _run_step(
@@ -123,10 +128,26 @@ def _run_step(
     ready_at: float,
 ) -> None:
     before = link.stats.snapshot().as_dict()
-    trace = executor.run_step(step)
+
+    def write(trace: StepTrace) -> None:
+        body = _report(pkg, trace, before, link, invoked_at, ready_at)
+        storage.put(keys.report(step, pkg.stage, pkg.replica), body)
+
+    executor.run_step(step, report=write)
+
+
+def _report(
+    pkg: FunctionPackage,
+    trace: StepTrace,
+    before: dict[str, Any],
+    link: ThrottledStorage,
+    invoked_at: float,
+    ready_at: float,
+) -> bytes:
+    """The step's report: loss, timings, this step's traffic (the report's own put included)."""
     after = link.stats.as_dict()
     report = {
-        "step": step,
+        "step": trace.step,
         "stage": pkg.stage,
         "replica": pkg.replica,
         "invoked_at": invoked_at,
@@ -140,7 +161,7 @@ def _run_step(
         "traffic": {k: after[k] - before[k] for k in after},
     }
     report["traffic"]["puts"] += 1  # the report itself
-    storage.put(keys.report(step, pkg.stage, pkg.replica), json.dumps(report).encode())
+    return json.dumps(report).encode()
 
 
 def _data_loader(pkg: FunctionPackage, root: Storage):

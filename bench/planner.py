@@ -30,7 +30,8 @@ import torch
 from funcpipe import models
 from funcpipe.planning.optimize import DEFAULT_WEIGHTS, solve
 from funcpipe.planning.platforms import get_platform
-from funcpipe.planning.profile import Profile, profile
+from funcpipe.planning.profile import Profile
+from funcpipe.planning.profiler import profile
 
 HERE = Path(__file__).resolve().parent
 PROFILES = HERE / "profiles"

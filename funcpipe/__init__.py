@@ -19,7 +19,7 @@ _EXPORTS = {
     "load_into": "funcpipe.client.save",
     "optimize": "funcpipe.planning.optimize",
     "predict": "funcpipe.planning.simulate",
-    "profile": "funcpipe.planning.profile",
+    "profile": "funcpipe.planning.profiler",
     "Plan": "funcpipe.plan",
     "Stage": "funcpipe.plan",
     "StepStats": "funcpipe.client.train",

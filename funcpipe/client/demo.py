@@ -252,7 +252,8 @@ def model_profile(name: str, *, echo: Callable[[str], object] = print) -> Any:
     Layers are timed at micro-batches of 1 and 2 samples with 1 and 2 threads (see
     `funcpipe.profile`); larger micro-batches are extrapolated from them.
     """
-    from funcpipe.planning.profile import Profile, profile
+    from funcpipe.planning.profile import Profile
+    from funcpipe.planning.profiler import profile
 
     path = profile_path(name)
     if path.is_file():

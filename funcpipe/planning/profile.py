@@ -29,16 +29,11 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from funcpipe.errors import ConfigError
 
-if TYPE_CHECKING:  # for the checker only; see __getattr__ at the end
-    from funcpipe.planning.profiler import IN_FLIGHT as IN_FLIGHT
-    from funcpipe.planning.profiler import IN_FLIGHT_BYTES as IN_FLIGHT_BYTES
-    from funcpipe.planning.profiler import profile as profile
-
-__all__ = ["LayerProfile", "Profile", "profile", "threads_for"]
+__all__ = ["LayerProfile", "Profile", "threads_for"]
 
 FORMAT = "funcpipe-profile/1"
 
@@ -289,17 +284,3 @@ class Profile:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_dict(data)
-
-
-# Older code imports the measuring harness's names from here. The harness imports this module
-# for the classes it fills in, so they are looked up on first use: reading a profile never
-# loads torch, storage or the harness.
-_HARNESS_NAMES = ("IN_FLIGHT", "IN_FLIGHT_BYTES", "profile")
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HARNESS_NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from funcpipe.planning import profiler
-
-    return getattr(profiler, name)

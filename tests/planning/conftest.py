@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from funcpipe.client.demo import demo_cnn
-from funcpipe.planning.profile import Profile, profile
+from funcpipe.planning.profile import Profile
+from funcpipe.planning.profiler import profile
 
 
 @pytest.fixture(scope="session")

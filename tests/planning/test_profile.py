@@ -12,7 +12,8 @@ from torch import nn
 
 import funcpipe
 from funcpipe.errors import ConfigError
-from funcpipe.planning.profile import Profile, profile
+from funcpipe.planning.profile import Profile
+from funcpipe.planning.profiler import profile
 
 
 def test_profile_measures_every_layer(cnn_profile: Profile) -> None:
@@ -249,7 +250,7 @@ class _FirstOfStep(nn.Module):
 def test_a_step_pays_for_its_slow_first_micro_batch() -> None:
     """A cost that only the first micro-batch of each step pays is spread over the step's
     micro-batches, not dropped as an outlier: a median over every micro-batch would say 0."""
-    from funcpipe.planning.profile import IN_FLIGHT
+    from funcpipe.planning.profiler import IN_FLIGHT
 
     model = nn.Sequential(_FirstOfStep(0.008), nn.Linear(4, 4))
     p = profile(model, torch.randn(2, 4), micro_batch_sizes=[2], threads=[1], repeats=3,

@@ -21,7 +21,7 @@ from funcpipe.schedule.actions import CLIENT, Action, Op, WorkerId
 
 __all__ = ["FunctionBreakdown", "Prediction", "predict", "simulate"]
 
-MONITOR_POLL_S = 0.05  # the client's report polling interval (client/train.py _Monitor.POLL_S)
+MONITOR_POLL_S = 0.05  # the client's report polling interval (client/health.py POLL_S)
 SIM_STEPS = 3
 
 
@@ -64,7 +64,7 @@ class Prediction:
 
     def trace(self) -> dict[str, Any]:
         """Chrome/Perfetto trace of the simulated steps, in ``funcpipe train --trace``'s format."""
-        from funcpipe.client.trace import chrome_trace
+        from funcpipe.runtime.trace import chrome_trace
 
         return chrome_trace(self.reports)
 

@@ -10,6 +10,7 @@ period's phases).
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Callable, Generator
 from typing import Any
@@ -19,7 +20,13 @@ from funcpipe.planning.sim.kernel import _Event, _Kernel
 
 class _Cpu:
     """Compute jobs progress at full speed unless the host's cores are oversubscribed; then the
-    cores are shared max-min fairly among busy functions, each capped at its own demand."""
+    cores are shared max-min fairly among busy functions, each capped at its own demand.
+
+    Without a shared host (``cores=None``: every function on its own machine) a job's end is
+    known when it starts, so such jobs wait in a heap by end: O(log jobs) an event, however
+    many functions compute at once. On a shared host every event rates every job (jobs are
+    the few functions of one host).
+    """
 
     def __init__(self, kernel: _Kernel, cores: float | None, background: float = 0.0) -> None:
         self.kernel, self.cores, self.background = kernel, cores, background
@@ -29,6 +36,7 @@ class _Cpu:
         self.last = 0.0
         self.version = 0
         self._ids = itertools.count()
+        self._ends: list[tuple[float, int, _Event]] = []  # cores=None: (end, id, event)
 
     def run(self, work: float, demand: float, one_core: float | None = None) -> _Event:
         """Run ``work`` seconds (at full speed) needing ``demand`` cores; ``one_core`` is the
@@ -37,11 +45,34 @@ class _Cpu:
         if work <= 0:
             self.kernel.trigger(ev, self.kernel.now)
             return ev
+        if self.cores is None:
+            heapq.heappush(self._ends, (self.kernel.now + work, next(self._ids), ev))
+            self._next_end()
+            return ev
         self._advance()
         one_core = min(demand, 1.0) if one_core is None else one_core
         self.jobs[next(self._ids)] = [work, demand, ev, 1.0, one_core]
         self._reschedule()
         return ev
+
+    def _next_end(self) -> None:
+        """Schedule the earliest end of the jobs without a shared host (again on each new job,
+        as the shared host's jobs are, so events at one instant keep their order)."""
+        self.version += 1
+        version = self.version
+        end, _id, ev = self._ends[0]
+
+        def finish() -> None:
+            if version != self.version:
+                return
+            heapq.heappop(self._ends)
+            self.kernel.trigger(ev, self.kernel.now)
+            if self._ends:
+                self._next_end()
+            else:
+                self.version += 1
+
+        self.kernel.at(end, finish)
 
     def poll(self, delta: int) -> None:
         """A download starts (+1) or stops (-1) polling for its key."""

@@ -10,6 +10,7 @@ pauses 0.5 ms doubling to ``POLL_MAX_S``), then pays the latency, then its bytes
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from funcpipe.planning.sim.kernel import _Kernel
 from funcpipe.storage.base import POLL_MAX_S
 
 _POLL_MIN_S = 0.0005  # Storage.wait's first pause (storage/base.py)
+_REBASE_BYTES = float(1 << 24)  # a busy link's virtual time restarts from 0 past this
 
 
 class _Store:
@@ -67,14 +69,22 @@ class _Link:
     """One direction of a function's link, as ThrottledStorage's token bucket serves it: the
     requests in flight share the rate equally (the bucket lets their slices through in turn),
     and a request that finds the link idle first gets what the bucket saved up meanwhile
-    (``burst`` bytes at most) across at once."""
+    (``burst`` bytes at most) across at once.
+
+    Equal shares make this processor sharing, kept in virtual time: ``virtual`` is the bytes
+    each request in flight has received so far (it grows at ``rate / len(flows)``), a request
+    started at ``virtual = v`` with ``n`` bytes to go ends when ``virtual`` reaches ``v + n``,
+    and a heap orders the requests by that end. An event costs O(log flows), and only the
+    earliest end is ever scheduled with the kernel.
+    """
 
     def __init__(self, kernel: _Kernel, rate: float, burst: float = 0.0) -> None:
         self.kernel, self.rate, self.burst = kernel, rate, burst
         self.tokens, self.idle_since = burst, 0.0
-        self.flows: dict[int, list[Any]] = {}  # id -> [bytes left, callback(t)]
-        self.last = 0.0
-        self.version = 0
+        self.virtual = 0.0  # bytes each request in flight has received (since any began)
+        self.flows: list[tuple[float, int, Callable[[float], None]]] = []  # (end, id, done)
+        self.last = 0.0  # when ``virtual`` was last brought up to date
+        self.version = 0  # bumped whenever the scheduled end is no longer the earliest
         self._ids = itertools.count()
 
     def send(self, nbytes: float, done: Callable[[float], None]) -> None:
@@ -90,34 +100,50 @@ class _Link:
             if not self.flows:
                 self.idle_since = now
             return
-        self.flows[next(self._ids)] = [nbytes - free, done]
+        heapq.heappush(self.flows, (self.virtual + nbytes - free, next(self._ids), done))
         self._reschedule()
 
     def _advance(self) -> None:
         now = self.kernel.now
         if self.flows:
-            each = self.rate / len(self.flows) * (now - self.last)
-            for flow in self.flows.values():
-                flow[0] -= each
+            self.virtual += self.rate / len(self.flows) * (now - self.last)
         self.last = now
 
     def _reschedule(self) -> None:
         self.version += 1
         version = self.version
-        least = min(flow[0] for flow in self.flows.values())
-        when = self.kernel.now + max(least, 0.0) * len(self.flows) / self.rate
+        left = self.flows[0][0] - self.virtual
+        when = self.kernel.now + max(left, 0.0) * len(self.flows) / self.rate
 
         def finish() -> None:
             if version != self.version:
                 return
             self._advance()
+            # The earliest request ends now: its end becomes the virtual time exactly (so a
+            # remainder below the clock's resolution cannot keep it in flight), and every
+            # request within a micro-byte of it ends with it, in the order they began.
+            self.virtual = max(self.virtual, self.flows[0][0])
+            ended = []
+            while self.flows and self.flows[0][0] - self.virtual <= 1e-6:
+                ended.append(heapq.heappop(self.flows))
             now = self.kernel.now
-            for fid in [f for f, flow in self.flows.items() if flow[0] <= 1e-6]:
-                self.flows.pop(fid)[1](now)
+            for _end, _id, done in sorted(ended, key=lambda flow: flow[1]):
+                done(now)
             if self.flows:
+                if self.virtual > _REBASE_BYTES:
+                    self._rebase()
                 self._reschedule()
             else:
                 self.idle_since = now
+                self.virtual = 0.0  # idle: start counting afresh (keeps ``virtual`` precise)
                 self.version += 1
 
         self.kernel.at(when, finish)
+
+    def _rebase(self) -> None:
+        """Count ``virtual`` from zero again, so that it stays small next to a request's bytes
+        (its rounding decides which requests end together); rare, so O(flows) is fine."""
+        base = self.virtual
+        self.flows = [(end - base, fid, done) for end, fid, done in self.flows]
+        heapq.heapify(self.flows)
+        self.virtual = 0.0

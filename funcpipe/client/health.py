@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import time
 
 from funcpipe.client.generations import Generation
@@ -24,15 +23,6 @@ from funcpipe.storage.base import Storage
 __all__ = ["POLL_S", "Health", "Lost", "failure"]
 
 POLL_S = 0.05  # the client is not on the critical path: data is fed two steps ahead
-# Errors of a function that a relaunch can cure (storage and network trouble); any other
-# exception in a function is its code's own and would recur.
-_TRANSIENT = re.compile(
-    r"^(?:[\w.]+\.)?(StorageTimeout|StorageError|ConnectionError|ConnectionResetError|"
-    r"TimeoutError|BrokenPipeError|EndpointConnectionError|ReadTimeoutError)\b",
-    re.M,
-)
-
-
 class Lost(Exception):
     """A function of the current generation is gone or stuck; the job can roll back."""
 
@@ -66,8 +56,10 @@ def failure(worker: WorkerId, state: InvocationState, plan: Plan) -> Lost:
         )
         return Lost(worker, "memory", str(err), recoverable=False, error=err)
     message = f"{where} failed ({state.reason}): {state.message}"
+    # an error a relaunch can cure (storage or network trouble) is marked so by the platform,
+    # where the function saw the exception; any other error is its code's own and would recur
     recoverable = state.reason in ("crash", "timeout", "cancelled", "lost") or (
-        state.reason == "error" and bool(_TRANSIENT.search(state.message or ""))
+        state.reason == "error" and state.transient
     )
     err = FunctionFailed(message, function=str(worker), reason=state.reason)
     return Lost(worker, state.reason or "error", message, recoverable=recoverable, error=err)

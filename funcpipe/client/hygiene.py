@@ -25,7 +25,7 @@ def check_on_nonfinite(mode: object) -> str:
             f"on_nonfinite must be 'raise' (stop the job at the step) or 'skip' (drop that "
             f"step's update on every function and go on), got {mode!r}"
         )
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 def nonfinite_step(step: int, reports: list[dict[str, Any]], mode: str) -> bool:

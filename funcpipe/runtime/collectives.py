@@ -59,7 +59,10 @@ OPS = ("mean", "sum")
 #: How often a waiting download checks whether the all-reduce was aborted.
 ABORT_CHECK_S = 0.25
 
-WIRE = {torch.float32: np.dtype("<f4"), torch.float64: np.dtype("<f8")}
+WIRE: dict[torch.dtype, np.dtype[Any]] = {
+    torch.float32: np.dtype("<f4"),
+    torch.float64: np.dtype("<f8"),
+}
 
 
 def _check(tensor: torch.Tensor, rank: int, world: int, key_prefix: str, algorithm: str,
@@ -117,32 +120,32 @@ class SyncExchange:
     # -- the pieces, by op ------------------------------------------------------------------
     def prepare(self, a: Action) -> Job:
         """The job of a lowered SYNC's transfer ``a``."""
-        src, dst, j = a.src, a.dst, a.piece
+        src, dst, j = a.src or 0, a.dst or 0, a.piece or 0
         if a.op is Op.SR_SEND:
-            lo, hi = self.layout.spans[int(dst)][int(j)]  # type: ignore[arg-type]
+            lo, hi = self.layout.spans[dst][j]
             # A view, not a copy: the bytes go straight from the gradient to storage.
-            view = memoryview(self.src[lo:hi]).cast("B")
-            return lambda: self.storage.put(self.rs_key(int(dst), self.rank, int(j)), view)  # type: ignore[arg-type]
+            view = self.src[lo:hi].data.cast("B")
+            return lambda: self.storage.put(self.rs_key(dst, self.rank, j), view)
         if a.op is Op.SR_RECV:
-            return lambda: self.wait(self.rs_key(self.rank, int(src), int(j)), int(src))  # type: ignore[arg-type]
+            return lambda: self.wait(self.rs_key(self.rank, src, j), src)
         if a.op is Op.AG_SEND:
-            return lambda: self.storage.put(self.ag_key(self.rank, int(j)), self.merged.pop(int(j)))  # type: ignore[arg-type]
+            return lambda: self.storage.put(self.ag_key(self.rank, j), self.merged.pop(j))
         if a.op is Op.AG_RECV:
-            return lambda: self.wait(self.ag_key(int(src), int(j)), int(src))  # type: ignore[arg-type]
+            return lambda: self.wait(self.ag_key(src, j), src)
         if a.op is Op.DONE_SEND:
             return lambda: self.storage.put(self.done_key(self.rank), b"")
         if a.op is Op.DONE_RECV:
-            return lambda: self.wait(self.done_key(int(src)), int(src))  # type: ignore[arg-type]
+            return lambda: self.wait(self.done_key(src), src)
         raise ValueError(f"{a} is not a transfer of the all-reduce")
 
     def compute(self, a: Action, values: dict[Action, Any]) -> None:
         """REDUCE, GATHER and SYNC_CLEAR (SYNC_BEGIN and SYNC_END are the caller's)."""
         if a.op is Op.REDUCE:
             recv = Action(Op.SR_RECV, a.stage, None, a.src, a.dst, a.piece)
-            self.reduce(int(a.src), int(a.piece), values.pop(recv))  # type: ignore[arg-type]
+            self.reduce(a.src or 0, a.piece or 0, values.pop(recv))
         elif a.op is Op.GATHER:
             recv = Action(Op.AG_RECV, a.stage, None, a.src, None, a.piece)
-            self.gather(int(a.src), int(a.piece), values.pop(recv))  # type: ignore[arg-type]
+            self.gather(a.src or 0, a.piece or 0, values.pop(recv))
         elif a.op is Op.SYNC_CLEAR:
             self.storage.delete_prefix(f"{self.prefix}/")
 
@@ -193,7 +196,7 @@ class SyncExchange:
         merged = acc.astype(self.dtype)
         self.acc[j] = None
         self.out[span[0] : span[1]] = merged
-        return memoryview(merged).cast("B")
+        return merged.data.cast("B")
 
     def gather(self, owner: int, j: int, data: bytes) -> None:
         a, b = self.layout.spans[owner][j]

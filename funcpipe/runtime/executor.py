@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -285,7 +285,7 @@ class _Walk:
 
     def compute(self, a: Action, values: dict[Action, Any]) -> None:
         ex, step, trace = self.ex, self.step, self.trace
-        s, b, runner = a.stage, a.micro_batch, ex.runner
+        s, b, runner = a.stage, cast(int, a.micro_batch), ex.runner  # int where it is used
         if a.op in _SYNC_PIECES:  # the all-reduce's arithmetic takes its pieces itself
             t0 = time.time()
             self._exchange(a).compute(a, values)

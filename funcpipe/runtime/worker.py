@@ -93,7 +93,7 @@ def run_package(pkg: FunctionPackage, *, invoked_at: float | None = None) -> dic
             state = {k: v.detach().clone().contiguous() for k, v in layers.state_dict().items()}
             storage.put(keys.final_state(s), save_tensors(state))
         # Written last, so the bill covers the whole life: start-up, every step, the last upload.
-        summary = {
+        summary: dict[str, Any] = {
             "stage": s,
             "replica": pkg.replica,
             "invoked_at": invoked_at,
@@ -146,7 +146,7 @@ def _report(
 ) -> bytes:
     """The step's report: loss, timings, this step's traffic (the report's own put included)."""
     after = link.stats.as_dict()
-    report = {
+    report: dict[str, Any] = {
         "step": trace.step,
         "stage": pkg.stage,
         "replica": pkg.replica,

@@ -12,9 +12,9 @@ from funcpipe.client.cli.auto_plan import choose_plan, predicted_vs_measured
 from funcpipe.client.cli.common import DEFAULT_MICRO_BATCHES, check_writable
 from funcpipe.client.demo import DEMO_MODEL, eval_batches, make_job
 from funcpipe.client.pricing import AWS_LAMBDA
-from funcpipe.runtime.trace import chrome_trace
 from funcpipe.client.train import train
 from funcpipe.plan import Plan
+from funcpipe.runtime.trace import chrome_trace
 from funcpipe.storage.throttle import LinkConfig
 
 __all__ = ["OPTIMIZERS", "train_cmd"]

@@ -180,16 +180,16 @@ def simulate(
 
 def _overlap_in(intervals: list[tuple[float, float]], lo: float, hi: float) -> float:
     """Length of the union of ``intervals`` inside [lo, hi]."""
-    total, cur_lo, cur_hi = 0.0, None, None
+    total, cur = 0.0, None
     for a, b in sorted((max(a, lo), min(b, hi)) for a, b in intervals if b > lo and a < hi):
-        if cur_hi is None or a > cur_hi:
-            if cur_hi is not None:
-                total += cur_hi - cur_lo
-            cur_lo, cur_hi = a, b
+        if cur is None or a > cur[1]:
+            if cur is not None:
+                total += cur[1] - cur[0]
+            cur = (a, b)
         else:
-            cur_hi = max(cur_hi, b)
-    if cur_hi is not None:
-        total += cur_hi - cur_lo
+            cur = (cur[0], max(cur[1], b))
+    if cur is not None:
+        total += cur[1] - cur[0]
     return total
 
 

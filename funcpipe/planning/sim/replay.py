@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, cast
 
 from funcpipe.errors import ScheduleError
 from funcpipe.planning.plan import Plan
@@ -125,10 +125,10 @@ class _Sim:
         layers = range(stage.start, stage.end)
         cap = getattr(self.platform, "max_threads", None)
         if a.op is Op.FORWARD:
-            mb = self.sizes[a.micro_batch]
+            mb = self.sizes[cast(int, a.micro_batch)]
             return sum(self.profile.forward_s(i, mb, cpus, cap) for i in layers)
         if a.op is Op.BACKWARD:
-            mb = self.sizes[a.micro_batch]
+            mb = self.sizes[cast(int, a.micro_batch)]
             return sum(self.profile.backward_s(i, mb, cpus, cap) for i in layers)
         if a.op is Op.STEP:
             return sum(self.profile.step_s(i, cpus, cap) for i in layers)

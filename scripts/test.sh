@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Lint, type-check and run the whole test suite (the layering contract runs in it). The tests start the servers they need (Redis, an
-# S3-protocol server) on free local ports and stop them afterwards.
+# Lint, type-check and run the whole test suite (the layering contract runs in it). The tests
+# start the servers they need (Redis, an S3-protocol server) on free local ports and stop them
+# afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}

@@ -41,6 +41,7 @@ from funcpipe.planning.bound import (
     prices_of,
 )
 from funcpipe.planning.candidates import Candidate, Evaluator, Solution, infeasible_message
+from funcpipe.planning.sim.kernel import OutOfTime, deadline
 from funcpipe.planning.space import (
     DEFAULT_MAX_GROUPS,
     DEFAULT_MAX_MICRO_BATCHES,
@@ -187,9 +188,11 @@ def search(
     Every ``dive_every`` expansions it also completes the popped partial plan greedily (best
     bound first) and simulates it: a good plan early lets the bound prune. If ``time_limit_s``
     runs out first, it returns the best plan found and ``extra["gap"]``: how far above the
-    smallest open bound its objective is (0 = proven optimal).
+    smallest open bound its objective is (0 = proven optimal). The limit holds inside a
+    simulation too: one still running when it passes is stopped (``extra["simulation_cut"]``).
     """
     t0 = time.perf_counter()
+    stop = None if time_limit_s is None else t0 + time_limit_s
     w, lim = evaluate.weights, evaluate.limits
     best: Candidate | None = None
     closest: Candidate | None = None
@@ -203,10 +206,16 @@ def search(
     violations = 0
     dives = 0
     proven = True
+    cut = False
 
     def simulate(node: _Node, lb: float) -> None:
-        nonlocal best, closest, violations
-        c = evaluate(space.plan(node.m, node.stages), lb)
+        nonlocal best, closest, violations, cut, proven
+        try:
+            with deadline(stop):
+                c = evaluate(space.plan(node.m, node.stages), lb)
+        except OutOfTime:  # the plan is left unscored: the search can no longer prove its best
+            cut, proven = True, False
+            return
         if c.objective < lb * (1 - SLACK):
             violations += 1
         if c.feasible:
@@ -265,6 +274,7 @@ def search(
             "proven_optimal": proven,
             "gap": gap,
             "dives": dives,
+            "simulation_cut": cut,
             **seeds,
         },  # fmt: skip
     )

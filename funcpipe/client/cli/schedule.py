@@ -8,7 +8,7 @@ import click
 
 from funcpipe.client.cli.common import DEFAULT_MICRO_BATCHES
 from funcpipe.plan import Plan
-from funcpipe.schedule import build_schedule, check_schedule, format_schedule
+from funcpipe.schedule import check_schedule, format_schedule, schedule_for
 
 __all__ = ["schedule_cmd"]
 
@@ -66,7 +66,7 @@ def schedule_cmd(
 
 
 def _print_schedule(plan: Plan) -> None:
-    sched = build_schedule(plan)
+    sched = schedule_for(plan)
     check_schedule(sched)
     click.echo(format_schedule(sched))
     click.echo(f"checked: {sum(len(a) for a in sched.values())} actions, no deadlock")

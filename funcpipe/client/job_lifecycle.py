@@ -113,6 +113,7 @@ def run_job(config: TrainConfig, training: Schedule, evaluation: Schedule | None
             plan=plan,
             shared=shared,
             make_payload=package_maker(config, code, layer_refs, training, evaluation),
+            client=training[CLIENT],
             feed=feeder.feed,
             total_steps=steps,
             timeout_s=timeout_s,

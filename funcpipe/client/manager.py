@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from funcpipe.client.generations import Generation, Generations, PackageMaker, control_key
@@ -23,6 +23,7 @@ from funcpipe.planning.plan import Plan
 from funcpipe.platforms.base import Platform
 from funcpipe.runtime import checkpoint as ckpt
 from funcpipe.runtime import keys
+from funcpipe.schedule import Action, Op
 from funcpipe.storage.base import Storage
 
 __all__ = ["FunctionManager", "Lost", "Recovery", "Replay", "control_key"]
@@ -55,6 +56,7 @@ class FunctionManager:
         checkpoint_every: int | None,
         settings: dict[str, Any] | None = None,
         first_generation: int = 0,
+        client: Sequence[Action] = (),
     ) -> None:
         self.platform, self.plan, self.shared = platform, plan, shared
         self.total_steps, self.timeout_s = total_steps, timeout_s
@@ -71,6 +73,9 @@ class FunctionManager:
                                 function_timeout_s=function_timeout_s, settings=every_function,
                                 first_generation=first_generation)  # fmt: skip
         self.functions = self.gens.functions
+        # whose report each step waits for: the client's list's READ_REPORTs (every function)
+        reads = [(a.stage, a.src or 0) for a in client if a.op is Op.READ_REPORT]
+        self.reports_from = reads or list(self.functions)
         self.health = Health(platform=platform, plan=plan, heartbeat_s=heartbeat_s,
                              heartbeat_deadline_s=heartbeat_deadline_s,
                              startup_deadline_s=startup_deadline_s)  # fmt: skip
@@ -188,7 +193,7 @@ class FunctionManager:
                         raw=True,
                     )
                 reports = self.wait_keys(
-                    [keys.report(t, s, r) for s, r in self.functions], f"step {t}"
+                    [keys.report(t, s, r) for s, r in self.reports_from], f"step {t}"
                 )
                 self._note_step(t, reports)
                 on_reports(t, reports)

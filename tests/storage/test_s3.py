@@ -16,8 +16,8 @@ import pytest
 
 from funcpipe.errors import ConfigError, KeyExists, StorageError
 from funcpipe.storage import open_storage
-from funcpipe.storage import s3 as s3_module
 from funcpipe.storage.s3 import S3Storage
+from funcpipe.storage.s3 import store as s3_store
 
 
 @pytest.fixture
@@ -141,8 +141,8 @@ def test_unreachable_endpoint_is_a_storage_error() -> None:
 def test_delete_prefix_batches_and_list_pages(
     store: S3Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(s3_module, "DELETE_BATCH", 3)
-    monkeypatch.setattr(s3_module, "LIST_PAGE", 2)
+    monkeypatch.setattr(s3_store, "DELETE_BATCH", 3)
+    monkeypatch.setattr(s3_store, "LIST_PAGE", 2)
     keys = [f"d/{i:02d}" for i in range(7)] + ["keep"]
     for key in keys:
         store.put(key, b"x")

@@ -13,14 +13,18 @@ profile. Each file's "meta.made_by" gives the exact call. `--profile-missing` me
 are absent (slow: minutes per model on two cores).
 
     .venv/bin/python bench/planner.py [--models resnet101,...] [--profile-missing]
+    .venv/bin/python bench/planner.py --predicts 40   # time one predict on sampled plans instead
 
-The last line is one JSON object: max_solve_s and one row per model and method.
+The last line is one JSON object: max_solve_s and one row per model and method (with
+``--predicts N``: the slowest predict per model, of N plans sampled from the search space as the
+optimiser meets them, the seed plans and random memory-feasible ones, plus the largest plan).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -28,10 +32,13 @@ from pathlib import Path
 import torch
 
 from funcpipe import models
+from funcpipe.planning.baselines import seed_stages
 from funcpipe.planning.optimize import DEFAULT_WEIGHTS, solve
 from funcpipe.planning.platforms import get_platform
 from funcpipe.planning.profile import Profile
 from funcpipe.planning.profiler import profile
+from funcpipe.planning.simulate import predict
+from funcpipe.planning.space import SearchSpace, build_space
 
 HERE = Path(__file__).resolve().parent
 PROFILES = HERE / "profiles"
@@ -98,11 +105,61 @@ def _row(model: str, batch: int, method: str, sol, optimum: float | None) -> dic
     }
 
 
+def sample_plans(space: SearchSpace, n: int, seed: int = 0) -> list[tuple[int, list]]:
+    """``n`` plans of ``space``: half of the optimiser's seed plans, random memory-feasible plans
+    for the rest, and the largest plan (every group a stage, as many replicas as micro-batches)."""
+    rng = random.Random(seed)
+    seeds = seed_stages(space)
+    plans = [(m, list(st)) for m, st in rng.sample(seeds, min(len(seeds), n // 2))]
+    k, top = space.num_groups, max(space.micro_batch_counts)
+    largest = [(i, i + 1, space.memory_choices[-1], top) for i in range(k)]
+    if all(mem >= space.need_mb(i, j, top, d) for i, j, mem, d in largest):
+        plans.append((top, largest))
+    while len(plans) < n:
+        m = rng.choice(space.micro_batch_counts)
+        cuts = sorted(rng.sample(range(1, k), rng.randint(1, k) - 1))
+        bounds = [0, *cuts, k]
+        stages = [(i, j, rng.choice(space.memory_choices), rng.choice(space.replica_counts(m)))
+                  for i, j in zip(bounds, bounds[1:], strict=False)]  # fmt: skip
+        if all(mem >= space.need_mb(i, j, m, d) for i, j, mem, d in stages):
+            plans.append((m, stages))
+    return plans
+
+
+def time_predicts(names: list[str], n: int, make: bool) -> None:
+    """The slowest single predict of each model over ``sample_plans``."""
+    platform = get_platform("aws-lambda")
+    rows = []
+    for name in names:
+        batch = MODELS[name]
+        prof = load_profile(name, make)
+        space = build_space(prof, platform, batch_size=batch, **SPACE)
+        times = []
+        for m, stages in sample_plans(space, n):
+            plan = space.plan(m, stages)
+            t0 = time.perf_counter()
+            predict(plan, prof, platform, batch_size=batch)
+            times.append((time.perf_counter() - t0, m, stages))
+        slowest = max(times, key=lambda t: t[0])
+        print(f"{name:<14} {len(times)} plans: slowest predict {slowest[0]:.2f} s "
+              f"(M={slowest[1]}, {len(slowest[2])} stages, "
+              f"{sum(d for *_, d in slowest[2])} functions), median "
+              f"{sorted(t[0] for t in times)[len(times) // 2]:.3f} s", flush=True)  # fmt: skip
+        rows.append({"model": name, "plans": len(times), "max_predict_s": round(slowest[0], 3),
+                     "slowest": {"micro_batches": slowest[1], "stages": slowest[2]}})  # fmt: skip
+    print(json.dumps({"max_predict_s": max(r["max_predict_s"] for r in rows), "rows": rows}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--profile-missing", action="store_true")
+    ap.add_argument("--predicts", type=int, default=0, metavar="N",
+                    help="time predict on N sampled plans per model, no solves")  # fmt: skip
     args = ap.parse_args()
+    if args.predicts:
+        time_predicts(args.models.split(","), args.predicts, args.profile_missing)
+        return
     platform = get_platform("aws-lambda")
     rows = []
     print(f"objective = {DEFAULT_WEIGHTS[0]:g} * USD + {DEFAULT_WEIGHTS[1]:g} * s per iteration; "

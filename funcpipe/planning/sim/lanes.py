@@ -8,6 +8,7 @@ Lanes are FIFO queues served by a fixed number of threads, as the runtime's are.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ class _Pool:
 
     def __init__(self, fn: _Function, lane: str, workers: int) -> None:
         self.fn, self.lane, self.idle = fn, lane, workers
-        self.queue: list[tuple[Callable[[Callable[[], None]], None], _Event]] = []
+        self.queue: deque[tuple[Callable[[Callable[[], None]], None], _Event]] = deque()
 
     def submit(self, task: Callable[[Callable[[], None]], None]) -> _Event:
         ev = _Event()
@@ -45,7 +46,7 @@ class _Pool:
 
     def _dispatch(self) -> None:
         while self.idle and self.queue:
-            task, ev = self.queue.pop(0)
+            task, ev = self.queue.popleft()
             self.idle -= 1
 
             def finish(ev: _Event = ev) -> None:

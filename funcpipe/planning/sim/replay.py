@@ -29,7 +29,7 @@ from funcpipe.planning.sim.lanes import _Function
 from funcpipe.planning.sim.link import _Store
 from funcpipe.schedule.actions import CLIENT, GETS, PUTS, Action, Op, WorkerId
 from funcpipe.schedule.build import schedule_for
-from funcpipe.schedule.channels import channel
+from funcpipe.schedule.channels import Channel, channel
 from funcpipe.schedule.lower import lane_widths, lower, stage_layouts
 from funcpipe.schedule.rules import dependencies
 from funcpipe.schedule.walk import Do, walk
@@ -70,6 +70,13 @@ class _Sim:
         self.schedule = lower(schedule_for(plan), self.layouts, sync_algorithm=sync_algorithm)
         self.deps = {w: dependencies(acts) for w, acts in self.schedule.items()}
         self.widths = lane_widths(sync_algorithm)
+        # a function walks the same instructions every step: the walker is asked once
+        self.walks = {
+            w: list(walk(acts, self.widths, overlap=overlap, deps=self.deps[w]))
+            for w, acts in self.schedule.items()
+            if w != CLIENT
+        }
+        self._moves: dict[Action, tuple[Channel, float, str]] = {}
         self.spans: dict[tuple[WorkerId, int], list[tuple[str, str, float, float]]] = {}
         self.bounds: dict[tuple[WorkerId, int], tuple[float, float]] = {}
         self.compute: dict[tuple[WorkerId, int], float] = {}
@@ -146,7 +153,7 @@ class _Sim:
         """Function ``w`` walks its lowered list step after step: the walker's instructions
         interpreted with modelled lanes, link and CPU."""
         fn = self.functions[w]
-        actions, deps = self.schedule[w], self.deps[w]
+        actions, instructions = self.schedule[w], self.walks[w]
         cpus = self.cpus[w.stage]
         threads = self.demand[w.stage]
         # Under a quota per period the threads run at full speed while quota lasts.
@@ -156,7 +163,7 @@ class _Sim:
             queued: dict[Action, _Event] = {}
             compute = sync = 0.0
             sync_from = start
-            for do, a in walk(actions, self.widths, overlap=self.overlap, deps=deps):
+            for do, a in instructions:
                 if do is Do.SUBMIT:
                     queued[a] = fn.lanes[a.lane].submit(self.transfer(fn, step, a))
                     continue
@@ -195,10 +202,13 @@ class _Sim:
 
     def transfer(self, fn: _Function, step: int, a: Action) -> Callable[[Callable[[], None]], None]:
         """The modelled request of transfer ``a``: its key, its bytes, its lane span."""
-        key, label = (step, channel(a)), str(a)
+        move = self._moves.get(a)
+        if move is None:  # the same every step
+            move = self._moves[a] = (channel(a), self.nbytes(a), str(a))
+        ch, nbytes, label = move
         if a.op in PUTS:
-            return fn.upload_task(key, self.nbytes(a), label, step)
-        return fn.download_task(key, self.nbytes(a), delete=a.op in _READ_ONCE, span=label,
+            return fn.upload_task((step, ch), nbytes, label, step)
+        return fn.download_task((step, ch), nbytes, delete=a.op in _READ_ONCE, span=label,
                                 step=step)  # fmt: skip
 
     def run_compute(self, fn: _Function, a: Action, demand: float) -> Generator[Any, None, None]:

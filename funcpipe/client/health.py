@@ -23,6 +23,8 @@ from funcpipe.storage.base import Storage
 __all__ = ["POLL_S", "Health", "Lost", "failure"]
 
 POLL_S = 0.05  # the client is not on the critical path: data is fed two steps ahead
+
+
 class Lost(Exception):
     """A function of the current generation is gone or stuck; the job can roll back."""
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from funcpipe.errors import ConfigError
 from funcpipe.plan import Plan
 from funcpipe.planning.candidates import Candidate, Evaluator, Solution, infeasible_message
+from funcpipe.planning.sim.kernel import OutOfTime, deadline
 from funcpipe.planning.space import SearchSpace
 
 METHODS = ("optimal", "exhaustive", "tpdmp", "lambdaml", "bayes", "random")
@@ -37,7 +38,8 @@ def run(
     time_limit_s: float | None = None,
 ) -> Solution:
     """Search ``space`` by ``method``; with ``time_limit_s`` no simulation starts that would end
-    past the limit (judged by the slowest one so far), and ``extra["stopped"]`` says so."""
+    past the limit (judged by the slowest one so far), one still running at the limit stops
+    there, and ``extra["stopped"]`` says so."""
     t0 = time.perf_counter()
     clock = _Clock(t0, time_limit_s)
     if method == "exhaustive":
@@ -72,10 +74,16 @@ class _Clock:
             self.stopped = True
         return self.stopped
 
-    def time(self, evaluate: Evaluator, plan: Plan) -> Candidate:
+    def time(self, evaluate: Evaluator, plan: Plan) -> Candidate | None:
+        """``plan`` scored, or None if the limit came during its simulation."""
         start = time.perf_counter()
+        stop = None if self.limit_s is None else self.t0 + self.limit_s
         try:
-            return evaluate(plan)
+            with deadline(stop):
+                return evaluate(plan)
+        except OutOfTime:
+            self.stopped = True
+            return None
         finally:
             self.slowest = max(self.slowest, time.perf_counter() - start)
 
@@ -242,7 +250,9 @@ def _blackbox(
             stages.append((i, j, mem, d))
         if not _fits(space, m, stages):
             return penalty[0] * 2 + 1.0
-        c: Candidate = clock.time(evaluate, space.plan(m, stages))
+        c = clock.time(evaluate, space.plan(m, stages))
+        if c is None:  # out of time: the study ends at the next check
+            return penalty[0] * 2 + 1.0
         penalty[0] = max(penalty[0], c.objective)
         return c.objective if c.feasible else penalty[0] * 2 + 1.0
 

@@ -77,3 +77,15 @@ def test_the_optimisers_time_limit_holds_inside_a_simulation() -> None:
     assert sol.solve_s < 0.3 + 0.4
     assert sol.extra["simulation_cut"] and not sol.extra["proven_optimal"]
     assert sol.best is None and "time_limit_s=0.3" in sol.note
+
+
+@pytest.mark.parametrize("method", ["tpdmp", "lambdaml"])
+def test_the_baselines_time_limit_holds_inside_a_simulation(method: str) -> None:
+    prof, heavy = _heavy()
+    sol = solve(
+        prof, "aws-lambda", batch_size=64, micro_batch_counts=[16], memory_choices=[10240],
+        predictor=lambda plan: predict(heavy, prof, "aws-lambda", batch_size=64),
+        time_limit_s=0.3, method=method,
+    )  # fmt: skip
+    assert sol.solve_s < 0.3 + 0.4
+    assert sol.extra["stopped"] and sol.best is None

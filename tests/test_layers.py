@@ -1,7 +1,7 @@
 """The package keeps its layers: the import-linter contracts in pyproject.toml hold, and can fail.
 
-The contracts count every import, at module level, inside functions and under TYPE_CHECKING. The
-seeded tests lint a copy of the package with one bad import added, so they show that the check
+The contracts count every import that can run, at module level and inside functions (imports
+for type hints only, under TYPE_CHECKING, never run and are left out). The seeded tests lint a copy of the package with one bad import added, so they show that the check
 names an upward import and a cycle rather than passing whatever the code does.
 """
 

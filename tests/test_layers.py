@@ -1,8 +1,9 @@
 """The package keeps its layers: the import-linter contracts in pyproject.toml hold, and can fail.
 
 The contracts count every import that can run, at module level and inside functions (imports
-for type hints only, under TYPE_CHECKING, never run and are left out). The seeded tests lint a copy of the package with one bad import added, so they show that the check
-names an upward import and a cycle rather than passing whatever the code does.
+for type hints only, under TYPE_CHECKING, never run and are left out). The seeded tests lint a
+copy of the package with one bad import added, so they show that the check names an upward
+import and a cycle rather than passing whatever the code does.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ torch), measured per platform.
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 MB = 1024 * 1024
@@ -25,11 +24,6 @@ class LayerSizes(Protocol):
     def optimizer_bytes(self, layer: int) -> float: ...
 
     def working_bytes(self, layer: int, micro_batch: float) -> float: ...
-
-
-def micro_batches_held(micro_batches: int, replicas: int) -> int:
-    """Micro-batches the busiest replica of a stage runs (round robin: replica 0 has most)."""
-    return math.ceil(micro_batches / replicas)
 
 
 def stage_memory_mb(

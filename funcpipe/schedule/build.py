@@ -96,8 +96,57 @@ def build_eval_schedule(plan: Plan, micro_batches: int) -> Schedule:
     return schedule
 
 
+def build_1f1b(plan: Plan) -> Schedule:
+    """One forward, one backward (PipeDream-flush): stage s runs the forwards of its first
+    ``stages - s`` micro-batches, then a backward and a forward in turn, then the last backwards,
+    so a function holds at most ``stages - s`` micro-batches' activations instead of all of its
+    own. A replicated stage's order is cut among its replicas (each takes its own micro-batches
+    in the stage's order), so the replicas keep the order that makes the pipeline deadlock-free.
+
+    Downloads are listed in the order the computations need them, a warm-up's worth ahead (the
+    lanes are FIFO queues: one listed before what it is needed after could stall the lane), and
+    each output goes up as soon as it exists. The step, the sync and the client are GPipe's.
+    """
+    last, m = plan.num_stages - 1, plan.micro_batches
+    schedule: Schedule = {CLIENT: client_feed(plan, m)}
+    for s, stage in enumerate(plan.stages):
+        warm = min(plan.num_stages - s, m)
+        order = [(Op.FORWARD, b) for b in range(warm)]
+        for b in range(warm, m):
+            order += [(Op.BACKWARD, b - warm), (Op.FORWARD, b)]
+        order += [(Op.BACKWARD, b) for b in range(m - warm, m)]
+        for r in range(stage.replicas):
+            mine = [(op, b) for op, b in order if b % stage.replicas == r]
+            ahead = next(i for i, (op, _) in enumerate(mine) if op is Op.BACKWARD)
+            schedule[WorkerId(s, r)] = _one_f_one_b_list(s, last, mine, ahead, stage.replicas)
+    return schedule
+
+
+def _one_f_one_b_list(
+    s: int, last: int, order: list[tuple[Op, int]], ahead: int, replicas: int
+) -> list[Action]:
+    def needs(op: Op, b: int) -> list[Action]:
+        if op is Op.FORWARD:
+            return [Action(Op.RECV_ACT if s > 0 else Op.LOAD_INPUT, s, b)]
+        return [Action(Op.LOAD_TARGET if s == last else Op.RECV_GRAD, s, b)]
+
+    actions = [a for op, b in order[: ahead + 1] for a in needs(op, b)]
+    for i, (op, b) in enumerate(order):
+        actions.append(Action(op, s, b))
+        if op is Op.FORWARD and s < last:
+            actions.append(Action(Op.SEND_ACT, s, b))
+        if op is Op.BACKWARD and s > 0:
+            actions.append(Action(Op.SEND_GRAD, s, b))
+        if i + ahead + 1 < len(order):
+            actions += needs(*order[i + ahead + 1])
+    if replicas > 1:
+        actions.append(Action(Op.SYNC, s))
+    actions.append(Action(Op.STEP, s))
+    return actions
+
+
 #: Training schedules by name; a plan's ``schedule`` names one of these.
-SCHEDULES: dict[str, Builder] = {"gpipe": build_schedule}
+SCHEDULES: dict[str, Builder] = {"gpipe": build_schedule, "1f1b": build_1f1b}
 
 
 def schedule_for(plan: Plan) -> Schedule:

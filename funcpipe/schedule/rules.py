@@ -30,6 +30,19 @@ class _Index:
         return [a for op in ops for a in self.by_op.get(op, ())]
 
 
+def activations_held(actions: list[Action]) -> int:
+    """Most micro-batches whose forward is done and backward is not, along the list: what a
+    function holds saved activations for at its peak (all of its own under GPipe)."""
+    held = peak = 0
+    for a in actions:
+        if a.op is Op.FORWARD:
+            held += 1
+            peak = max(peak, held)
+        elif a.op is Op.BACKWARD:
+            held -= 1
+    return peak
+
+
 def local_deps(action: Action, actions: list[Action]) -> list[Action]:
     """Actions of the same list that must be done before ``action`` can start."""
     return _deps(action, _Index(actions))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from funcpipe.planning.memory import MB, stage_memory_mb
 
 
@@ -40,3 +42,24 @@ def test_each_term() -> None:
     # a later stage keeps one copy of its first micro-batch's input (layer 1's output, 40 MB)
     # through the first step
     assert stage_memory_mb(Sizes(), 2, 3, **one) == 100 + 9 + 3 * 6 + 2 + 40
+
+
+def test_predicted_memory_follows_what_the_schedule_holds(cnn_profile) -> None:
+    """The simulator's memory need comes from the lists: 1F1B's first stage of four holds 4 of
+    its 16 micro-batches' activations, GPipe's all 16."""
+    from funcpipe import Plan, Stage
+    from funcpipe.planning.simulate import predict
+
+    stages = [Stage(start=3 * i, end=3 * i + 3) for i in range(4)]
+    gpipe = predict(Plan(stages=stages, micro_batches=16), cnn_profile, "local", batch_size=64)
+    one = predict(Plan(stages=stages, micro_batches=16, schedule="1f1b"), cnn_profile, "local",
+                  batch_size=64)  # fmt: skip
+    for s in range(4):
+
+        def need(held: int, s: int = s) -> float:
+            return stage_memory_mb(cnn_profile, 3 * s, 3 * s + 3, micro_batch=4, held=held,
+                                   replicas=1, base_mb=0.0)  # fmt: skip
+
+        base = gpipe.memory_mb[s] - need(16)  # the runtime's own memory, the same for both
+        assert one.memory_mb[s] == pytest.approx(base + need(4 - s))
+    assert one.memory_mb[0] < gpipe.memory_mb[0]

@@ -225,3 +225,11 @@ def test_a_stage_may_begin_with_an_in_place_layer(built: str) -> None:
         micro_batches=4,
     )
     assert_trains_like_pytorch(model, batches, plan, optimizer=OPTIMIZERS["adam"])
+
+
+@pytest.mark.parametrize("plan_name", ["2x2", "3-stages-1-2-3"])
+def test_1f1b_equals_single_process(plan_name: str) -> None:
+    """1F1B reorders each function's work; what it computes stays single-process PyTorch's."""
+    base = PLANS[plan_name]
+    plan = Plan(stages=base.stages, micro_batches=base.micro_batches + 1, schedule="1f1b")
+    assert_trains_like_pytorch(make_model(), make_batches(3), plan, optimizer=OPTIMIZERS["adam"])

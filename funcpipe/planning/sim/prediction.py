@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from funcpipe.errors import ConfigError
-from funcpipe.planning.memory import micro_batches_held, stage_memory_mb
+from funcpipe.planning.memory import stage_memory_mb
 from funcpipe.planning.plan import Plan
 from funcpipe.planning.platforms import PlatformProfile, get_platform
 from funcpipe.planning.profile import Profile
 from funcpipe.planning.sim.lanes import _Counts, _Function
 from funcpipe.planning.sim.replay import _Sim
-from funcpipe.schedule.actions import CLIENT, Action, Op, WorkerId
+from funcpipe.schedule.actions import CLIENT, Action, Op, Schedule, WorkerId
+from funcpipe.schedule.rules import activations_held
 
 __all__ = ["FunctionBreakdown", "Prediction", "predict", "simulate"]
 
@@ -77,14 +78,17 @@ def _micro_batch_sizes(plan: Plan, profile: Profile, batch_size: int | None) -> 
     return [base + (b < extra) for b in range(plan.micro_batches)]  # torch.tensor_split's sizes
 
 
-def _memory_mb(plan: Plan, profile: Profile, s: int, sizes: list[int], base_mb: float) -> float:
+def _memory_mb(plan: Plan, profile: Profile, s: int, sizes: list[int], base_mb: float,
+               schedule: Schedule) -> float:  # fmt: skip
+    """What the busiest function of stage s needs, holding what its list holds at its peak."""
     stage = plan.stages[s]
+    held = max(activations_held(acts) for w, acts in schedule.items() if w.stage == s)
     return stage_memory_mb(
         profile,
         stage.start,
         stage.end,
         micro_batch=max(sizes),
-        held=micro_batches_held(plan.micro_batches, stage.replicas),
+        held=held,
         replicas=stage.replicas,
         base_mb=base_mb,
     )
@@ -167,7 +171,9 @@ def simulate(
         time_s=period,
         cost_usd=pricing.compute_cost(plan, period) + request_cost,
         request_cost_usd=request_cost,
-        memory_mb=[_memory_mb(plan, profile, s, sizes, base) for s in range(plan.num_stages)],
+        memory_mb=[
+            _memory_mb(plan, profile, s, sizes, base, sim.schedule) for s in range(plan.num_stages)
+        ],
         breakdown=breakdown,
         requests=per_step,
         first_iteration_s=prof.startup + first,

@@ -27,10 +27,10 @@ from funcpipe.runtime.activity import set_activity
 from funcpipe.runtime.collectives import SyncExchange
 from funcpipe.runtime.lanes import Job, Lanes, drive
 from funcpipe.runtime.seeds import forward_seed
-from funcpipe.runtime.stage import StageRunner
+from funcpipe.runtime.stage import StageRunner, sync_size
 from funcpipe.schedule.actions import GETS, PUTS, Action, Op, WorkerId
 from funcpipe.schedule.channels import channel
-from funcpipe.schedule.lower import lane_widths, sync_layout
+from funcpipe.schedule.lower import lane_widths, lower_sync, stage_layouts, sync_layout
 from funcpipe.schedule.rules import dependencies
 from funcpipe.storage.base import Storage
 
@@ -72,7 +72,7 @@ class StepTrace:
 class Executor:
     """Executes a function's schedule, step after step, against its (throttled) storage.
 
-    ``actions`` is the function's lowered list, as checked by the client. ``run_step``'s
+    ``actions`` is the function's lowered list, as the client checked it. ``run_step``'s
     ``report`` receives each step's trace when the list's REPORT is reached, everything the step
     wrote being across.
     """
@@ -121,13 +121,16 @@ class Executor:
         self._deletes: list[Future[None]] = []
 
     def _checked(self, actions: list[Action]) -> list[Action]:
-        if any(a.op is Op.SYNC for a in actions):
-            raise ScheduleError(
-                f"{self.worker}: the action list still holds an unlowered sync; give the "
-                "function its lowered list (funcpipe.schedule.lowered_schedule), which cuts the "
-                "all-reduce into the pieces it runs"
-            )
-        return actions
+        """The list as given, or, for a caller that hands over a compute-level list (a SYNC
+        still whole), that list lowered by the same pass the client uses, from the stage's
+        own gradients."""
+        if not any(a.op is Op.SYNC for a in actions):
+            return actions
+        numel, itemsize = sync_size(self.runner.params)
+        world = [1] * self.worker.stage + [self.replicas]
+        sizes = [0] * self.worker.stage + [numel]
+        layouts = stage_layouts(world, sizes, itemsize, sync_algorithm=self.sync_algorithm)
+        return lower_sync({self.worker: actions}, layouts, self.sync_algorithm)[self.worker]
 
     def close(self, *, wait: bool = True) -> None:
         """Stop the lane threads; ``wait=False`` after a failure, when a lane may be blocked.

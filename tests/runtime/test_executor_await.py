@@ -25,11 +25,3 @@ def test_a_lane_that_never_finishes_is_reported_with_its_wait() -> None:
     ex.worker, ex.actions, ex.timeout_s = WorkerId(1, 0), [], -29.8  # bound = 0.2 s
     with pytest.raises(StorageTimeout, match=r"stage1-replica0: recv_act mb0@s1 did not finish"):
         ex._await(Future(), Action(Op.RECV_ACT, 1, 0))
-
-
-def test_an_unlowered_sync_is_refused_with_the_fix() -> None:
-    from funcpipe.errors import ScheduleError
-
-    with pytest.raises(ScheduleError, match="unlowered sync.*lowered_schedule"):
-        Executor(WorkerId(0, 1), [Action(Op.SYNC, 0), Action(Op.STEP, 0)], runner=None,  # type: ignore[arg-type]
-                 storage=None, replicas=2, timeout_s=1.0)  # type: ignore[arg-type]  # fmt: skip
